@@ -1,0 +1,81 @@
+# Connecting Language to the World: the commands of the README.
+#   make book   build the rendered book into _build/html (sets everything up first)
+#   make test   run the whole test suite (what CI runs)
+#   make lab    open the notebooks in JupyterLab
+# Each target creates .venv and installs requirements.txt the first time, and skips that when done.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Trained models are cached here, shared by the notebook tests and the book build.
+export VLMLIB_CACHE ?= $(CURDIR)/.cache/vlmlib
+# Notebooks executed for the tests and the book print plain-text progress bars, not widgets.
+export VLMLIB_PLAIN_PROGRESS := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help venv browser book test test-unit test-notebooks test-book test-browser test-colab lab student sync benchmark lock clean
+
+help:
+	@sed -n '2,5p' Makefile
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt 2>&1 | grep -v "^WARNING: Location" ; test $${PIPESTATUS[0]} -eq 0
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" ; test $${PIPESTATUS[0]} -eq 0
+	@touch $(STAMP)
+	@echo "Environment ready in $(VENV)."
+
+venv: $(STAMP)
+
+# Chromium for the browser tests (Debian's package; needs root or sudo the first time).
+browser:
+	@bash tools/install_chromium.sh
+
+book: venv
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "The book is built: open $(CURDIR)/_build/html/index.html"
+
+test-unit: venv
+	$(BIN)/python -m pytest -q tests --ignore=tests/browser --ignore=tests/slow
+
+test-notebooks: venv
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:randomly notebooks
+
+test-book: book
+test-browser: venv browser
+	$(BIN)/python -m pytest -q tests/browser
+
+test-colab: venv
+	$(BIN)/python -m pytest -q tests/slow
+
+test: venv browser
+	$(MAKE) test-unit
+	$(MAKE) test-notebooks
+	$(MAKE) book
+	$(MAKE) test-browser
+	$(MAKE) test-colab
+	@echo "All test stages passed."
+
+lab: venv
+	$(BIN)/jupyter lab notebooks
+
+student: venv
+	$(BIN)/python -m tools.course student
+
+sync: venv
+	$(BIN)/python -m tools.course sync
+
+benchmark: venv
+	$(BIN)/python -m tools.benchmark
+
+# Rewrite requirements.txt from what .venv holds now (after installing a new version on purpose).
+lock: venv
+	{ sed -n '/^#/p' requirements.txt; $(BIN)/python -m pip freeze --exclude-editable | sort -f; } > requirements.txt.new
+	mv requirements.txt.new requirements.txt
+
+clean:
+	rm -rf _build .cache

@@ -1,0 +1,84 @@
+"""Slow checks of what a student meets: a fresh install, and the student copies.
+
+- A Colab-like run: a fresh virtual environment whose preinstalled packages are the scientific
+  stack (as Colab's are), `pip install` of the package itself (not editable), and notebook 00
+  executed from a directory outside the checkout.
+- Each student copy runs up to its first exercise and stops there with that exercise's message.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from tools import course
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(VLMLIB_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+def test_colab_like_fresh_install_runs_notebook_00_outside_the_checkout(tmp_path):
+    venv = tmp_path / "colab"
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    fresh_site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                              text=True).strip())
+    # Colab comes with torch, numpy, matplotlib, transformers... preinstalled: lend ours, read-only.
+    (fresh_site / "colab_preinstalled.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = _env(tmp_path)
+    install = subprocess.run([str(python), "-m", "pip", "install", "--no-build-isolation", str(ROOT)], cwd=work,
+                             env=env, capture_output=True, text=True)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    where = subprocess.check_output([str(python), "-c", "import vlmlib; print(vlmlib.__file__)"], cwd=work, env=env,
+                                    text=True).strip()
+    assert where.startswith(str(fresh_site)), f"vlmlib was imported from {where}, not from the fresh install"
+
+    notebook = ROOT / "notebooks" / "00_shapesworld_tour.ipynb"
+    script = (
+        "import nbformat, sys\n"
+        "from nbclient import NotebookClient\n"
+        f"nb = nbformat.read({str(notebook)!r}, as_version=4)\n"
+        "NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': '.'}}).execute()\n"
+        "print('executed', sum(c.cell_type == 'code' for c in nb.cells), 'code cells')\n"
+    )
+    run = subprocess.run([str(python), "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "executed" in run.stdout
+    assert list((tmp_path / "cache").glob("colour-reader-*.safetensors")), "the notebook's model was not cached"
+
+
+@pytest.mark.parametrize("path", course.notebooks(), ids=lambda p: p.name)
+def test_student_copy_runs_until_its_first_exercise_and_stops_there(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMLIB_CACHE", str(tmp_path / "cache"))
+    student = course.STUDENT / path.name
+    nb = nbformat.read(student, as_version=4)
+    stubs = [i for i, c in enumerate(nb.cells) if "exercise" in c.metadata.get("tags", [])]
+    if not stubs:
+        pytest.skip("this notebook has no exercise")
+    first = stubs[0]
+    number = course.EXERCISE_RE.search(nb.cells[first].source).group(1)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    with pytest.raises(CellExecutionError) as stopped:
+        client.execute()
+    assert stopped.value.ename == "ExerciseNotDone"
+    assert number in stopped.value.evalue
+    ran = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count")]
+    assert max(ran) == first + 1, "the run should stop at the check right after the first stub"
+    assert not any(o.get("output_type") == "error" for c in nb.cells[:first + 1] for o in c.get("outputs", []))

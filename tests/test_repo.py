@@ -1,0 +1,135 @@
+"""The repository's own rules: notebooks stored clean, Colab links from the one setting, student
+copies up to date, exact pins for local runs and ranges for Colab."""
+
+import ast
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tools import course
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = course.notebooks()
+IDS = [p.name for p in NOTEBOOKS]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebooks_are_stored_without_outputs(path):
+    nb = course.read(path)
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert dirty == [], f"{path.name}: cells {dirty} carry outputs; run `python -m tools.course strip`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_header_badge_and_first_cell_follow_the_one_setting(path):
+    nb = course.read(path)
+    header = course.source(nb["cells"][0])
+    assert header.startswith("# "), "the first cell is the title"
+    assert course.badge(path) in header, "the Colab badge is missing or stale: run `make sync`"
+    for words in ("What you will learn", "Prerequisites", "Run time"):
+        assert words in header, f"the header lacks '{words}'"
+    first_code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    text = course.source(first_code)
+    assert course.install_line() in text and '"google.colab" in sys.modules' in text
+    assert "vlmlib.setup(" in text
+    assert course.synced(nb, path) == nb, "a badge or install line disagrees with _config.yml: run `make sync`"
+    installs = sum(course.source(c).count("%pip install") for c in nb["cells"])
+    assert installs == 1, "vlmlib is installed in the first code cell and nowhere else"
+
+
+def test_every_notebook_is_in_the_table_of_contents_and_back():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = {ch["file"] for part in toc["parts"] for ch in part["chapters"]}
+    assert {f"notebooks/{p.stem}" for p in NOTEBOOKS} <= files
+    for f in files | {toc["root"]}:
+        assert (ROOT / f"{f}.ipynb").exists() or (ROOT / f"{f}.md").exists(), f"_toc.yml names a missing page {f}"
+
+
+def test_colab_urls_derive_from_the_repository_setting():
+    url, branch = course.repository()
+    assert url.startswith("https://github.com/") and branch
+    colab = course.colab_url(ROOT / "notebooks" / "x.ipynb")
+    assert colab == f"https://colab.research.google.com/github/{url[19:]}/blob/{branch}/notebooks/x.ipynb"
+    assert course.install_line() == f'%pip install -q "vlmlib @ git+{url}@{branch}"'
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_code_lines_fit_the_rendered_page(path):
+    long = [line for c in course.read(path)["cells"] if c["cell_type"] == "code"
+            for line in course.source(c).splitlines() if len(line) > 88 and "%pip install" not in line]
+    assert long == [], f"{path.name}: code lines longer than 88 characters are cut off in the book: {long}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_solution_is_gated_and_followed_by_a_check(path):
+    cells = course.read(path)["cells"]
+    for i, cell in enumerate(cells):
+        if course.SOLUTION_TAG not in cell.get("metadata", {}).get("tags", []):
+            continue
+        text = course.source(cell)
+        assert course.EXERCISE_RE.search(text), f"cell {i}: a solution starts with '# Exercise N.M: ...'"
+        assert "{solution-start}" in course.source(cells[i - 1]) and "{solution-end}" in course.source(cells[i + 1])
+        assert ".check_" in course.source(cells[i + 2]), f"cell {i + 2} should check the exercise"
+
+
+def test_student_copies_are_up_to_date():
+    stale = [str(p.relative_to(ROOT)) for p, text in course.expected_files().items()
+             if not p.exists() or p.read_text() != text]
+    assert stale == [], f"regenerate the student copies with `make student`: {stale}"
+    extra = {p.name for p in course.STUDENT.glob("*.ipynb")} - {p.name for p in NOTEBOOKS}
+    assert not extra, f"student copies without a notebook: {extra}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_student_copies_hold_stubs_not_solutions(path):
+    master, student = course.read(path), course.read(course.STUDENT / path.name)
+    solutions = [course.source(c) for c in master["cells"] if course.SOLUTION_TAG in c["metadata"].get("tags", [])]
+    stubs = [course.source(c) for c in student["cells"] if "exercise" in c["metadata"].get("tags", [])]
+    assert len(stubs) == len(solutions)
+    for solution, stub in zip(solutions, stubs):
+        ast.parse(stub)
+        number = course.EXERCISE_RE.search(solution).group(1)
+        assert re.search(rf"raise NotImplementedError\(['\"]{number}: ", stub)
+        assert "{solution" not in json.dumps(student)
+        body_lines = [l for l in solution.splitlines() if l.strip() and not l.lstrip().startswith(("#", "def ", '"""'))]
+        assert not any(l in stub for l in body_lines if "import" not in l), "a stub gives the solution away"
+    assert course.badge(course.STUDENT / path.name) in course.source(student["cells"][0])
+
+
+def test_stub_generation_handles_functions_and_plain_statements():
+    stub = course.stub_for('# Exercise 3.2: scale it\nimport numpy as np\n\n@staticmethod\ndef f(x, y=2):\n    """Doc."""\n    return x * y\n')
+    assert "import numpy as np" in stub and "@staticmethod" in stub and '"""Doc."""' in stub
+    assert "return x * y" not in stub and "raise NotImplementedError('Exercise 3.2: scale it')" in stub
+    plain = course.stub_for("# Exercise 1.1: set the width\nwidth = 64\n")
+    assert plain.strip().endswith("raise NotImplementedError('Exercise 1.1: set the width')") and "64" not in plain
+    with pytest.raises(ValueError, match="must start with '# Exercise N.M"):
+        course.stub_for("x = 1\n")
+
+
+def test_requirements_pin_exactly_and_pyproject_gives_ranges():
+    pins = [l for l in (ROOT / "requirements.txt").read_text().splitlines() if l and not l.startswith("#")]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[^\s=]+", l) for l in pins), "requirements.txt is a lock"
+    names = {l.split("==")[0].lower(): l.split("==")[1] for l in pins}
+    assert names["torch"] == "2.14.1" and names["torchvision"] == "0.29.1"
+    assert names["jupyter-book"] == "1.0.4.post1" and names["sphinx-exercise"] == "1.2.1"
+    for package in ("transformers", "diffusers", "tokenizers", "safetensors", "nbval", "pytest", "playwright",
+                    "matplotlib", "jupyterlab", "scikit-image", "scikit-learn"):
+        assert package in names, f"{package} is not pinned"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for dep in project["dependencies"]:
+        assert "==" not in dep, f"pyproject.toml pins {dep}: Colab needs ranges"
+        name = re.split(r"[<>=!~ ]", dep)[0].lower()
+        assert name in names, f"{name} is a dependency of vlmlib but missing from requirements.txt"
+
+
+def test_vlmlib_reads_no_files_of_the_repository():
+    source = "\n".join(p.read_text() for p in (ROOT / "vlmlib").rglob("*.py"))
+    assert "__file__" not in source and "parents[" not in source

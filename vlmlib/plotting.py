@@ -1,0 +1,165 @@
+"""Plotting helpers and progress bars shared by the notebooks.
+
+Introduced in notebook 00: :func:`show_images` draws a grid of images with captions,
+:func:`plot_curves` draws training curves, :func:`bar_chart` draws probabilities, and
+:func:`progress` is the progress bar used for any work longer than a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from typing import Iterable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+PLAIN_PROGRESS_ENV = "VLMLIB_PLAIN_PROGRESS"
+
+
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kwargs):
+    """A progress bar: a widget in Jupyter and Colab, plain text in terminals and the built book.
+
+    Setting ``VLMLIB_PLAIN_PROGRESS=1`` (the book build and the tests do) prints a few text
+    updates instead of a widget, so that executed notebooks store readable output.
+    """
+    if os.environ.get(PLAIN_PROGRESS_ENV):
+        import sys
+
+        from tqdm import tqdm
+
+        kwargs.setdefault("mininterval", 10.0)
+        kwargs.setdefault("file", sys.stdout)
+        kwargs.setdefault("ascii", True)
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, **kwargs)
+
+
+def to_display(image) -> np.ndarray:
+    """Turn an image (tensor or array, CHW or HWC, [0, 1] or [-1, 1]-ish) into an HWC array for imshow."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected an image as a tensor or array, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+        image = image.transpose(1, 2, 0)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise ValueError(f"expected an image of shape (H, W), (H, W, 3) or (3, H, W), got {image.shape}")
+    if image.dtype.kind == "f" and image.min() < -0.01:
+        image = (image + 1) / 2          # from [-1, 1]
+    return np.clip(image, 0, 1) if image.dtype.kind == "f" else image
+
+
+def show_images(images, captions: Sequence[str] | None = None, ncols: int = 8, size: float = 1.6,
+                title: str | None = None, wrap: int = 18, cmap: str | None = None):
+    """Draw images in a grid, each with its caption underneath. Returns the figure."""
+    images = list(images)
+    if not images:
+        raise ValueError("show_images needs at least one image")
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(captions)} captions")
+    if not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    ncols = min(ncols, len(images))
+    nrows = (len(images) + ncols - 1) // ncols
+    lines = max((len(textwrap.wrap(c, wrap)) for c in captions), default=0) if captions else 0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.18 * lines) * nrows + (0.4 if title else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(to_display(images[i]), cmap=cmap, interpolation="nearest")
+            if captions is not None:
+                ax.set_title("\n".join(textwrap.wrap(captions[i], wrap)), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(history: Mapping[str, Sequence[float]], xlabel: str = "step", title: str | None = None,
+                logy: Sequence[str] = ("loss",), smooth: int = 1, ax=None):
+    """Plot training curves: one panel per group of keys ("loss", "accuracy"...). Returns the figure.
+
+    Keys that contain ``loss`` share a panel; the others share a second panel. ``smooth`` averages
+    over a moving window of that many points.
+    """
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    groups: dict[str, list[str]] = {}
+    for key in history:
+        groups.setdefault("loss" if "loss" in key else "metric", []).append(key)
+    if ax is None:
+        fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.4), squeeze=False)
+        axes = list(axes.flat)
+    else:
+        fig, axes = ax.figure, [ax] * len(groups)
+    for a, (group, keys) in zip(axes, groups.items()):
+        for key in keys:
+            y = np.asarray(history[key], dtype=float)
+            if smooth > 1 and len(y) > smooth:
+                y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+            a.plot(np.arange(len(y)), y, label=key)
+        if group in logy:
+            a.set_yscale("log")
+        a.set_xlabel(xlabel)
+        a.set_ylabel(group if group == "loss" else "value")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], title: str | None = None,
+              highlight: int | None = None, xlabel: str = "probability", ax=None):
+    """A horizontal bar chart, e.g. of class probabilities. Returns the axes."""
+    values = np.asarray(values, dtype=float)
+    if len(labels) != len(values):
+        raise ValueError(f"got {len(labels)} labels but {len(values)} values")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 0.35 * len(labels) + 0.8))
+    colours = ["tab:blue"] * len(values)
+    if highlight is not None:
+        colours[highlight] = "tab:orange"
+    ax.barh(range(len(values)), values, color=colours)
+    ax.set_yticks(range(len(values)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
+    ax.figure.tight_layout()
+    return ax
+
+
+def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], title: str | None = None,
+            ax=None, fmt: str = "{:.0f}", cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None):
+    """Draw a matrix as a heatmap with its values written in the cells. Returns the axes."""
+    matrix = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
+    if matrix.ndim != 2:
+        raise ValueError(f"heatmap needs a 2-D matrix, got shape {matrix.shape}")
+    if matrix.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"matrix of shape {matrix.shape} does not match {len(row_labels)} row and "
+                         f"{len(col_labels)} column labels")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.7 * len(col_labels) + 2, 0.45 * len(row_labels) + 1.2))
+    im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    if matrix.size <= 400:
+        lo, hi = np.nanmin(matrix), np.nanmax(matrix)
+        for (i, j), v in np.ndenumerate(matrix):
+            bright = (v - lo) / (hi - lo + 1e-12) > 0.6
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="black" if bright else "white")
+    if title:
+        ax.set_title(title)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.figure.tight_layout()
+    return ax

@@ -1,0 +1,97 @@
+"""Run settings shared by every notebook: seeding, device and the run budget.
+
+Introduced in notebook 00. Every chapter's first code cell calls :func:`setup`, which seeds all
+random number generators, picks the device (CUDA when present) and chooses a *budget*: the size
+of the training runs. The CPU budget keeps each chapter to about three minutes on a 2-core laptop;
+the GPU budget trains longer and larger. Set the environment variable ``VLMLIB_BUDGET`` to
+``cpu`` or ``gpu`` to force one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+BUDGETS = ("cpu", "gpu")
+BUDGET_ENV = "VLMLIB_BUDGET"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What :func:`setup` chose for this run."""
+
+    seed: int
+    device: torch.device
+    budget: str
+
+    def pick(self, cpu: T, gpu: T) -> T:
+        """Return ``cpu`` or ``gpu`` according to the budget, e.g. ``settings.pick(cpu=800, gpu=5000)``."""
+        return gpu if self.budget == "gpu" else cpu
+
+    def describe(self) -> str:
+        import vlmlib
+
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "CPU"
+        return (
+            f"vlmlib {vlmlib.__version__} | torch {torch.__version__} | python {platform.python_version()}\n"
+            f"device: {self.device} ({name}, {torch.get_num_threads()} threads) | "
+            f"budget: {self.budget} (set {BUDGET_ENV}=cpu|gpu to force) | seed: {self.seed}"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's random number generators."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    torch.manual_seed(int(seed))
+
+
+def default_device() -> torch.device:
+    """CUDA when a GPU is present, otherwise the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def budget_for(device: torch.device) -> str:
+    """The budget for ``device``, unless ``VLMLIB_BUDGET`` forces one."""
+    forced = os.environ.get(BUDGET_ENV, "").strip().lower()
+    if forced:
+        if forced not in BUDGETS:
+            raise ValueError(f"{BUDGET_ENV} must be one of {BUDGETS}, got {forced!r}")
+        return forced
+    return "gpu" if device.type == "cuda" else "cpu"
+
+
+_current: RunSettings | None = None
+
+
+def setup(seed: int = 0, device: str | torch.device | None = None, verbose: bool = True) -> RunSettings:
+    """Seed everything, choose device and budget, and print them once.
+
+    >>> settings = setup(seed=0)          # doctest: +SKIP
+    >>> steps = settings.pick(cpu=600, gpu=4000)   # doctest: +SKIP
+    """
+    global _current
+    seed_everything(seed)
+    dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for, but torch sees no CUDA GPU; use device=None to pick automatically")
+    settings = RunSettings(seed=int(seed), device=dev, budget=budget_for(dev))
+    if verbose and settings != _current:
+        print(settings.describe())
+    _current = settings
+    return settings
+
+
+def current() -> RunSettings:
+    """The settings of the last :func:`setup` call (setting up with defaults if there was none)."""
+    return _current if _current is not None else setup(verbose=False)

@@ -1,0 +1,346 @@
+"""ShapesWorld: the small procedural world that every chapter trains on.
+
+Introduced in notebook 00. An image holds one or more shapes; each shape has a **colour**, a
+**kind**, a **size** and a **position** (a cell of a 3×3 grid), drawn with light jitter on a noisy
+background. From the same ground truth come captions ("a large red circle at the top left"),
+question–answer pairs ("what colour is the circle?" → "red") and integer attribute labels.
+
+Some colour–kind combinations are **held out** of the training split (by default, for example, no
+purple triangle is ever seen in training), so that zero-shot and compositional generalisation can
+be measured. Everything is deterministic given the world's seed, the split and the sample seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.90, 0.16, 0.14),
+    "green": (0.16, 0.74, 0.22),
+    "blue": (0.20, 0.36, 0.96),
+    "yellow": (0.96, 0.86, 0.12),
+    "purple": (0.64, 0.26, 0.86),
+    "cyan": (0.12, 0.84, 0.90),
+}
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+KINDS: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+SIZES: tuple[str, ...] = ("small", "large")
+POSITIONS: tuple[str, ...] = (
+    "top left", "top", "top right",
+    "left", "centre", "right",
+    "bottom left", "bottom", "bottom right",
+)
+#: How each position reads inside a sentence.
+POSITION_PHRASES: dict[str, str] = {
+    "top left": "at the top left", "top": "at the top", "top right": "at the top right",
+    "left": "on the left", "centre": "in the centre", "right": "on the right",
+    "bottom left": "at the bottom left", "bottom": "at the bottom", "bottom right": "at the bottom right",
+}
+NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "colour": COLOUR_NAMES, "kind": KINDS, "size": SIZES, "position": POSITIONS,
+}
+#: Colour–kind combinations never shown in the training split (one per kind, one per colour).
+HELD_OUT: tuple[tuple[str, str], ...] = (
+    ("purple", "triangle"), ("yellow", "circle"), ("cyan", "cross"), ("green", "square"),
+)
+SPLITS = ("train", "test", "holdout", "all")
+_SPLIT_STREAM = {"train": 1, "test": 2, "holdout": 3, "all": 4}
+
+# Geometry, as fractions of the image size.
+_RADIUS = {"small": 0.11, "large": 0.16}
+_JITTER = 0.035          # centre jitter inside the grid cell
+_RADIUS_JITTER = 0.01
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape in a scene: its attributes and where it was drawn (in pixels)."""
+
+    colour: str
+    kind: str
+    size: str
+    position: str
+    x: float
+    y: float
+    radius: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.size} {self.colour} {self.kind}"
+
+
+def position_name(x: float, y: float, image_size: int) -> str:
+    """The grid cell (one of :data:`POSITIONS`) that holds pixel ``(x, y)``; x grows right, y down."""
+    if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    if not (0 <= x < image_size and 0 <= y < image_size):
+        raise ValueError(f"(x, y) must lie inside the image [0, {image_size}), got ({x}, {y})")
+    col = min(int(3 * x / image_size), 2)
+    row = min(int(3 * y / image_size), 2)
+    return POSITIONS[3 * row + col]
+
+
+def _check_choice(value: str, options: Sequence[str], what: str) -> None:
+    if value not in options:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {list(options)}")
+
+
+def caption(shapes: Sequence[Shape], style: str = "full") -> str:
+    """A caption for a scene. ``style='full'`` names every attribute; ``'short'`` leaves out the size."""
+    if style not in ("full", "short"):
+        raise ValueError(f"style must be 'full' or 'short', got {style!r}")
+    if len(shapes) == 0:
+        raise ValueError("a scene needs at least one shape to be captioned")
+    parts = []
+    for s in shapes:
+        words = [s.size, s.colour, s.kind] if style == "full" else [s.colour, s.kind]
+        parts.append("a " + " ".join(words) + " " + POSITION_PHRASES[s.position])
+    return " and ".join(parts)
+
+
+_TEMPLATES = (
+    "a {size} {colour} {kind} {where}",
+    "there is a {size} {colour} {kind} {where}",
+    "a {colour} {kind} {where}",
+    "a picture of a {size} {colour} {kind} {where}",
+    "{where} there is a {colour} {kind}",
+    "a {size} {colour} {kind}",
+)
+
+
+def varied_caption(shapes: Sequence[Shape], rng: np.random.Generator) -> str:
+    """A caption drawn from several templates; some leave out the size or the position."""
+    parts = []
+    for s in shapes:
+        t = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
+        parts.append(t.format(size=s.size, colour=s.colour, kind=s.kind, where=POSITION_PHRASES[s.position]))
+    return " and ".join(parts)
+
+
+def questions(shapes: Sequence[Shape], rng: np.random.Generator | None = None) -> list[tuple[str, str]]:
+    """Question–answer pairs about a scene, answerable from the image alone."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    qa: list[tuple[str, str]] = [("how many shapes are there?", NUMBER_WORDS[len(shapes)])]
+    kinds, colours = [s.kind for s in shapes], [s.colour for s in shapes]
+    pairs = [(s.colour, s.kind) for s in shapes]
+    for s in shapes:
+        if kinds.count(s.kind) == 1:
+            qa.append((f"what colour is the {s.kind}?", s.colour))
+        if colours.count(s.colour) == 1:
+            qa.append((f"what shape is the {s.colour} one?", s.kind))
+        else:
+            qa.append((f"what shape is {POSITION_PHRASES[s.position]}?", s.kind))
+        if pairs.count((s.colour, s.kind)) == 1:     # otherwise "the red circle" is ambiguous
+            qa.append((f"where is the {s.colour} {s.kind}?", s.position))
+            qa.append((f"what size is the {s.colour} {s.kind}?", s.size))
+    present = {(s.colour, s.kind) for s in shapes}
+    s = shapes[int(rng.integers(len(shapes)))]
+    qa.append((f"is there a {s.colour} {s.kind}?", "yes"))
+    absent = [(c, k) for c in COLOUR_NAMES for k in KINDS if (c, k) not in present]
+    c, k = absent[int(rng.integers(len(absent)))]
+    qa.append((f"is there a {c} {k}?", "no"))
+    return qa
+
+
+def vocabulary() -> list[str]:
+    """Every word that ShapesWorld's captions, questions and answers use, in a fixed order."""
+    words: list[str] = []
+    def add(text: str) -> None:
+        for w in text.split():
+            if w not in words:
+                words.append(w)
+    for t in _TEMPLATES:
+        add(t.replace("{size}", "").replace("{colour}", "").replace("{kind}", "").replace("{where}", ""))
+    for p in POSITION_PHRASES.values():
+        add(p)
+    add("and how many shapes are there ? what colour is the shape one where size is yes no")
+    for group in (COLOUR_NAMES, KINDS, SIZES, NUMBER_WORDS, POSITIONS):
+        for w in group:
+            add(w)
+    return words
+
+
+@dataclass
+class ShapesData:
+    """A sample of ShapesWorld: images with their ground truth."""
+
+    images: np.ndarray                       # (N, H, W, 3) float32 in [0, 1]
+    shapes: list[list[Shape]]                # ground truth, one list per image
+    labels: dict[str, np.ndarray]            # attribute -> (N,) int64, for the first shape
+    split: str
+    captions: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, list[Shape]]:
+        return self.images[i], self.shapes[i]
+
+    def tensor(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The images as a float tensor (N, 3, H, W) in [0, 1], as PyTorch models expect."""
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2).contiguous().to(device)
+
+    def label_tensors(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v).to(device) for k, v in self.labels.items()}
+
+
+class ShapesWorld:
+    """A generator of ShapesWorld scenes.
+
+    Args:
+        image_size: side of the square images in pixels (at least 16).
+        max_shapes: the most shapes in one image (1 to 4); each image gets 1..max_shapes.
+        noise: standard deviation of the pixel noise.
+        held_out: colour–kind pairs kept out of the ``train`` split.
+        seed: the world's seed; with the split and the sample seed it fixes every image.
+    """
+
+    def __init__(self, image_size: int = 32, max_shapes: int = 1, noise: float = 0.03,
+                 held_out: Iterable[tuple[str, str]] = HELD_OUT, seed: int = 0):
+        if not isinstance(image_size, (int, np.integer)) or image_size < 16:
+            raise ValueError(f"image_size must be an integer of at least 16, got {image_size!r}")
+        if not isinstance(max_shapes, (int, np.integer)) or not 1 <= max_shapes <= 4:
+            raise ValueError(f"max_shapes must be an integer from 1 to 4, got {max_shapes!r}")
+        if not (isinstance(noise, (int, float)) and 0 <= noise <= 0.5):
+            raise ValueError(f"noise must be a number in [0, 0.5], got {noise!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        held = tuple((str(c), str(k)) for c, k in held_out)
+        for c, k in held:
+            _check_choice(c, COLOUR_NAMES, "colour")
+            _check_choice(k, KINDS, "kind")
+        self.image_size, self.max_shapes, self.noise, self.seed = int(image_size), int(max_shapes), float(noise), int(seed)
+        self.held_out = held
+        all_combos = [(ci, ki) for ci in range(len(COLOUR_NAMES)) for ki in range(len(KINDS))]
+        held_idx = {(COLOUR_NAMES.index(c), KINDS.index(k)) for c, k in held}
+        self._combos = {
+            "train": [ck for ck in all_combos if ck not in held_idx],
+            "test": [ck for ck in all_combos if ck not in held_idx],
+            "holdout": sorted(held_idx),
+            "all": all_combos,
+        }
+        if not self._combos["holdout"]:
+            self._combos["holdout"] = all_combos
+        if not self._combos["train"]:
+            raise ValueError("held_out leaves no colour–kind combination for training")
+        yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32) + 0.5
+        self._xx, self._yy = xx, yy
+
+    def __repr__(self) -> str:
+        return (f"ShapesWorld(image_size={self.image_size}, max_shapes={self.max_shapes}, noise={self.noise}, "
+                f"held_out={len(self.held_out)} pairs, seed={self.seed})")
+
+    def is_held_out(self, colour: str, kind: str) -> bool:
+        return (colour, kind) in self.held_out
+
+    def combos(self, split: str) -> list[tuple[str, str]]:
+        """The colour–kind pairs that a split draws from."""
+        _check_choice(split, SPLITS, "split")
+        return [(COLOUR_NAMES[c], KINDS[k]) for c, k in self._combos[split]]
+
+    # -- sampling ---------------------------------------------------------------------------
+    def sample(self, n: int, split: str = "train", seed: int = 0, captions: str | None = "full") -> ShapesData:
+        """Draw ``n`` images of a split. The same arguments always give the same images.
+
+        ``captions`` is ``'full'``, ``'short'``, ``'varied'`` or ``None`` (no captions).
+        """
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        _check_choice(split, SPLITS, "split")
+        if captions not in ("full", "short", "varied", None):
+            raise ValueError(f"captions must be 'full', 'short', 'varied' or None, got {captions!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        rng = np.random.default_rng([self.seed, _SPLIT_STREAM[split], int(seed)])
+        n = int(n)
+        S, K = self.image_size, self.max_shapes
+        counts = rng.integers(1, K + 1, size=n)
+        combos = np.array(self._combos[split])
+        pick = combos[rng.integers(len(combos), size=(n, K))]
+        colour, kind = pick[..., 0], pick[..., 1]
+        size = rng.integers(len(SIZES), size=(n, K))
+        position = np.argsort(rng.random((n, len(POSITIONS))), axis=1)[:, :K]   # distinct cells
+        cell = S / 3
+        cx = (position % 3 + 0.5) * cell + rng.uniform(-_JITTER, _JITTER, (n, K)) * S
+        cy = (position // 3 + 0.5) * cell + rng.uniform(-_JITTER, _JITTER, (n, K)) * S
+        base_r = np.where(size == 0, _RADIUS["small"], _RADIUS["large"])
+        radius = (base_r + rng.uniform(-_RADIUS_JITTER, _RADIUS_JITTER, (n, K))) * S
+        tint = rng.uniform(-0.06, 0.06, (n, K, 3))
+        images = self._render(counts, colour, kind, cx, cy, radius, tint, rng)
+
+        shapes = [
+            [Shape(COLOUR_NAMES[colour[i, j]], KINDS[kind[i, j]], SIZES[size[i, j]], POSITIONS[position[i, j]],
+                   float(cx[i, j]), float(cy[i, j]), float(radius[i, j])) for j in range(counts[i])]
+            for i in range(n)
+        ]
+        labels = {"colour": colour[:, 0], "kind": kind[:, 0], "size": size[:, 0], "position": position[:, 0],
+                  "count": counts}
+        labels = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in labels.items()}
+        if captions == "varied":
+            caps = [varied_caption(s, rng) for s in shapes]
+        elif captions is not None:
+            caps = [caption(s, captions) for s in shapes]
+        else:
+            caps = []
+        return ShapesData(images=images, shapes=shapes, labels=labels, split=split, captions=caps)
+
+    # -- rendering --------------------------------------------------------------------------
+    def _render(self, counts, colour, kind, cx, cy, radius, tint, rng) -> np.ndarray:
+        n, S = len(counts), self.image_size
+        bg = rng.uniform(0.04, 0.20, (n, 1, 1, 1)) + rng.uniform(-0.03, 0.03, (n, 1, 1, 3))
+        img = np.broadcast_to(bg, (n, S, S, 3)).astype(np.float32).copy()
+        palette = np.array(list(COLOURS.values()), dtype=np.float32)
+        for j in range(self.max_shapes):
+            active = np.nonzero(counts > j)[0]
+            if active.size == 0:
+                break
+            cover = np.zeros((active.size, S, S), dtype=np.float32)
+            for k in range(len(KINDS)):
+                sel = np.nonzero(kind[active, j] == k)[0]
+                if sel.size == 0:
+                    continue
+                idx = active[sel]
+                dx = self._xx[None] - cx[idx, j, None, None].astype(np.float32)
+                dy = self._yy[None] - cy[idx, j, None, None].astype(np.float32)
+                r = radius[idx, j, None, None].astype(np.float32)
+                cover[sel] = np.clip(_SDF[KINDS[k]](dx, dy, r) + 0.5, 0.0, 1.0)
+            rgb = np.clip(palette[colour[active, j]] + tint[active, j], 0, 1).astype(np.float32)
+            a = cover[..., None]
+            img[active] = img[active] * (1 - a) + rgb[:, None, None, :] * a
+        if self.noise > 0:
+            img += rng.normal(0.0, self.noise, img.shape).astype(np.float32)
+        return np.clip(img, 0.0, 1.0, out=img)
+
+
+# Signed distance (in pixels, positive inside) of each kind, centred on (0, 0) with "radius" r.
+def _sdf_circle(dx, dy, r):
+    return r - np.sqrt(dx * dx + dy * dy)
+
+
+def _sdf_square(dx, dy, r):
+    return 0.86 * r - np.maximum(np.abs(dx), np.abs(dy))
+
+
+def _sdf_triangle(dx, dy, r):
+    rho = 0.62 * r                       # inradius; the bounding box is centred on (0, 0)
+    dy = dy - rho / 2
+    d1 = rho - dy                        # bottom edge, outward normal (0, 1)
+    d2 = rho - (0.866 * dx - 0.5 * dy)   # right edge
+    d3 = rho - (-0.866 * dx - 0.5 * dy)  # left edge
+    return np.minimum(np.minimum(d1, d2), d3)
+
+
+def _sdf_cross(dx, dy, r):
+    arm, half = 1.0 * r, 0.36 * r
+    ax, ay = np.abs(dx), np.abs(dy)
+    horizontal = np.minimum(arm - ax, half - ay)
+    vertical = np.minimum(half - ax, arm - ay)
+    return np.maximum(horizontal, vertical)
+
+
+_SDF = {"circle": _sdf_circle, "square": _sdf_square, "triangle": _sdf_triangle, "cross": _sdf_cross}
