@@ -18,22 +18,51 @@ import torch
 PLAIN_PROGRESS_ENV = "VLMLIB_PLAIN_PROGRESS"
 
 
-def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kwargs):
-    """A progress bar: a widget in Jupyter and Colab, plain text in terminals and the built book.
+class _PlainProgress:
+    """A text progress report for executed notebooks: a few whole lines, not a redrawn bar."""
 
-    Setting ``VLMLIB_PLAIN_PROGRESS=1`` (the book build and the tests do) prints a few text
-    updates instead of a widget, so that executed notebooks store readable output.
+    def __init__(self, iterable, total, desc, every=0.25):
+        self.iterable, self.desc = iterable, desc or "progress"
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.every, self.postfix, self.n = every, "", 0
+
+    def set_postfix(self, **kwargs):
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def _line(self, start):
+        import time
+        elapsed = time.perf_counter() - start
+        of = f"/{self.total}" if self.total else ""
+        extra = f" ({self.postfix})" if self.postfix else ""
+        print(f"{self.desc}: {self.n}{of} in {elapsed:.0f} s{extra}", flush=True)
+
+    def __iter__(self):
+        import time
+        start, next_mark = time.perf_counter(), self.every
+        for item in self.iterable:
+            yield item
+            self.n += 1
+            if self.total and self.n < self.total and self.n / self.total >= next_mark:
+                self._line(start)
+                next_mark += self.every
+        self._line(start)
+
+    def __len__(self):
+        return self.total or 0
+
+
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kwargs):
+    """A progress bar: a widget in Jupyter and Colab, a text bar in terminals.
+
+    With ``VLMLIB_PLAIN_PROGRESS=1`` (set by the book build and the tests) it prints a few whole
+    lines instead (at 25%, 50%, 75% and the end), so executed notebooks store readable output.
     """
     if os.environ.get(PLAIN_PROGRESS_ENV):
-        import sys
+        if iterable is None:
+            raise ValueError("plain progress needs an iterable")
+        return _PlainProgress(iterable, total, desc)
+    from tqdm.auto import tqdm
 
-        from tqdm import tqdm
-
-        kwargs.setdefault("mininterval", 10.0)
-        kwargs.setdefault("file", sys.stdout)
-        kwargs.setdefault("ascii", True)
-    else:
-        from tqdm.auto import tqdm
     return tqdm(iterable, total=total, desc=desc, **kwargs)
 
 
