@@ -41,10 +41,15 @@ def _canonical(config: dict[str, Any]) -> str:
 
 
 def config_key(config: dict[str, Any]) -> str:
-    """A short hash that names a configuration (key order does not matter)."""
+    """A short hash that names a configuration (key order does not matter).
+
+    The version of ShapesWorld's rendering is part of the key, so a change to the world retrains.
+    """
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    text = f"v{FORMAT_VERSION}:" + _canonical(config)
+    from .shapesworld import RENDER_VERSION   # a model trained on another version of the world is stale
+
+    text = f"v{FORMAT_VERSION}:w{RENDER_VERSION}:" + _canonical(config)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

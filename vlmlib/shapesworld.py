@@ -49,11 +49,13 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
     ("purple", "triangle"), ("yellow", "circle"), ("cyan", "cross"), ("green", "square"),
 )
 SPLITS = ("train", "test", "holdout", "all")
+#: Bumped whenever rendering or sampling changes, so that models cached for the old world are retrained.
+RENDER_VERSION = 2
 _SPLIT_STREAM = {"train": 1, "test": 2, "holdout": 3, "all": 4}
 
 # Geometry, as fractions of the image size.
 _RADIUS = {"small": 0.11, "large": 0.16}
-_JITTER = 0.035          # centre jitter inside the grid cell
+_JITTER = 0.0625         # centre jitter inside the grid cell: ±2 px at 32 px, one 4-px patch period
 _RADIUS_JITTER = 0.01
 
 

@@ -1,0 +1,126 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, ViTConfig as HFViTConfig, ViTModel
+from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
+
+from vlmlib.exercises import ch01
+from vlmlib.vit import (PatchEmbedding, ViT, ViTClassifier, ViTConfig, patchify, scaled_dot_product_attention,
+                        unpatchify)
+
+
+def test_patchify_orders_patches_by_rows_and_pixels_channel_first():
+    img = torch.arange(2 * 4 * 4.0).reshape(1, 2, 4, 4)     # channel 0: 0..15, channel 1: 16..31
+    p = patchify(img, 2)
+    assert p.shape == (1, 4, 8)
+    assert p[0, 0].tolist() == [0, 1, 4, 5, 16, 17, 20, 21]   # top-left patch: red rows, then green rows
+    assert p[0, 1].tolist() == [2, 3, 6, 7, 18, 19, 22, 23]   # its right neighbour comes next
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(unpatchify(patchify(x, 4), 4, 3), x)
+
+
+def test_patch_embedding_equals_a_strided_convolution():
+    torch.manual_seed(0)
+    emb = PatchEmbedding(4, 3, 16)
+    x = torch.randn(5, 3, 32, 32)
+    conv = emb.as_conv()
+    via_conv = conv(x).flatten(2).transpose(1, 2)            # (B, D, 8, 8) -> (B, 64, D), as timm/HF do
+    assert torch.allclose(emb(x), via_conv, atol=1e-5)
+
+
+def test_patch_embedding_equals_transformers_vit_and_clip():
+    torch.manual_seed(0)
+    hf = ViTModel(HFViTConfig(image_size=32, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                              num_attention_heads=2, intermediate_size=32), add_pooling_layer=False)
+    ours = PatchEmbedding(4, 3, 16)
+    with torch.no_grad():
+        hf.embeddings.patch_embeddings.projection.weight.copy_(ours.as_conv().weight)
+        hf.embeddings.patch_embeddings.projection.bias.copy_(ours.proj.bias)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(hf.embeddings.patch_embeddings(x), ours(x), atol=1e-5)
+    clip = CLIPVisionEmbeddings(CLIPVisionConfig(image_size=32, patch_size=4, hidden_size=16, num_attention_heads=2))
+    ours = PatchEmbedding(4, 3, 16, bias=False)               # CLIP's patch embedding has no bias
+    with torch.no_grad():
+        clip.patch_embedding.weight.copy_(ours.as_conv().weight)
+    assert torch.allclose(clip.patch_embedding(x).flatten(2).transpose(1, 2), ours(x), atol=1e-5)
+
+
+def test_attention_matches_pytorch():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 7, 8).unbind(0)
+    out, w = scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 4, 7))
+    mask = torch.ones(7, 7, dtype=torch.bool).tril()
+    out, w = scaled_dot_product_attention(q, k, v, mask)
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-5)
+    assert (w.triu(1) == 0).all()
+
+
+def test_vit_shapes_and_parameter_count_match_transformers():
+    c = ViTConfig(image_size=32, patch_size=4, dim=64, depth=2, heads=4, mlp_ratio=2)
+    vit = ViT(c)
+    x = torch.randn(2, 3, 32, 32)
+    assert vit(x).shape == (2, 65, 64) and vit.features(x).shape == (2, 64)
+    assert [a.shape for a in vit.attention_maps()] == [(2, 4, 65, 65)] * 2
+    hf = ViTModel(HFViTConfig(image_size=32, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=128), add_pooling_layer=False)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(vit) == count(hf)
+    assert vit.pos_embed.shape == hf.embeddings.position_embeddings.shape == (1, 65, 64)
+
+
+def test_without_position_embeddings_the_vit_cannot_see_where_patches_are():
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig(pos_embedding=False)).eval()
+    x = torch.randn(3, 3, 32, 32)
+    shuffled = unpatchify(patchify(x, 4)[:, torch.randperm(64)], 4, 3)
+    assert torch.allclose(vit.features(x), vit.features(shuffled), atol=1e-5)
+    with_pos = ViT(ViTConfig(pos_embedding=True)).eval()
+    assert not torch.allclose(with_pos.features(x), with_pos.features(shuffled), atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"patch_size": 5}, "must divide image_size"),
+    ({"dim": 30, "heads": 4}, "must divide dim"),
+    ({"depth": 0}, "depth must be a positive integer"),
+    ({"dim": 6.5}, "dim must be a positive integer"),
+])
+def test_bad_configs_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ViTConfig(**kwargs)
+
+
+def test_bad_inputs_are_clear_errors():
+    vit = ViT(ViTConfig())
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 32, 32\)"):
+        vit(torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        vit(torch.randn(3, 32, 32))
+    with pytest.raises(TypeError, match="must be a tensor"):
+        patchify([[1.0]], 2)
+    with pytest.raises(ValueError, match="dividing H=32"):
+        patchify(torch.randn(1, 3, 32, 32), 5)
+    with pytest.raises(ValueError, match="incompatible shapes"):
+        scaled_dot_product_attention(torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 4))
+    with pytest.raises(TypeError, match="config must be a ViTConfig"):
+        ViT({"dim": 64})
+    with pytest.raises(ValueError, match="classes must map"):
+        ViTClassifier(ViTConfig(), {"colour": 1})
+
+
+def test_classifier_has_one_head_per_attribute():
+    model = ViTClassifier(ViTConfig(), {"colour": 6, "kind": 4, "position": 9})
+    out = model(torch.randn(2, 3, 32, 32))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"colour": (2, 6), "kind": (2, 4), "position": (2, 9)}
+
+
+def test_chapter_1_checks_accept_solutions_and_reject_mistakes():
+    assert ch01.check_patchify(patchify, seed=0)
+    wrong_order = lambda x, P: x.unfold(2, P, P).unfold(3, P, P).permute(0, 2, 3, 4, 5, 1).reshape(x.shape[0], -1, x.shape[1] * P * P)
+    assert not ch01.check_patchify(wrong_order)                       # channel last: a common slip
+    assert ch01.check_embed_tokens(lambda t, c, p: torch.cat([c.expand(len(t), -1, -1), t], 1) + p)
+    assert not ch01.check_embed_tokens(lambda t, c, p: torch.cat([t, c.expand(len(t), -1, -1)], 1) + p)
+    assert ch01.check_attention(lambda q, k, v: F.scaled_dot_product_attention(q, k, v))
+    naive = lambda q, k, v: (torch.exp(q @ k.transpose(-2, -1)) / torch.exp(q @ k.transpose(-2, -1)).sum(-1, keepdim=True)) @ v
+    assert not ch01.check_attention(naive)                             # forgot the 1/sqrt(d)
