@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -43,7 +44,12 @@ def test_colab_like_fresh_install_runs_notebook_00_outside_the_checkout(tmp_path
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = _env(tmp_path)
-    install = subprocess.run([str(python), "-m", "pip", "install", "--no-build-isolation", str(ROOT)], cwd=work,
+    # Install from a copy holding only what the package ships (building in place would litter the checkout).
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "vlmlib", source / "vlmlib", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    install = subprocess.run([str(python), "-m", "pip", "install", "--no-build-isolation", str(source)], cwd=work,
                              env=env, capture_output=True, text=True)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     where = subprocess.check_output([str(python), "-c", "import vlmlib; print(vlmlib.__file__)"], cwd=work, env=env,
