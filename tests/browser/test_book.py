@@ -173,6 +173,8 @@ def test_solution_dropdowns_start_closed_and_open_on_click(visits, page):
         pytest.skip(f"{page} has no exercises")
     body = solutions[0].query_selector("section, .admonition-title ~ *")
     assert body is not None and not body.is_visible(), "the solution should be hidden at first"
-    solutions[0].query_selector("button.toggle-button, .admonition-title").click()
-    p.wait_for_timeout(400)
-    assert body.is_visible(), "clicking the solution's title should show it"
+    button = solutions[0].query_selector("button.toggle-button")   # the "Click to show" button of the title bar
+    assert button is not None, "the solution has no toggle button"
+    button.click()
+    body.wait_for_element_state("visible", timeout=5000)
+    assert body.is_visible(), "clicking the solution's toggle should show it"
