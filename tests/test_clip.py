@@ -176,3 +176,11 @@ def test_tiny_hf_clip_round_trip_offline(tmp_path):
     assert torch.allclose(probs, out.logits_per_image.softmax(-1), atol=1e-5)
     with pytest.raises(OSError):
         C.load_hf_clip(str(tmp_path / "missing"))
+
+
+def test_siglip_bias_starts_at_minus_log_batch_unless_given():
+    config = C.CLIPConfig(patch_size=8, vision_dim=32, text_dim=32, embed_dim=16, vision_depth=1, text_depth=1)
+    for given, expected in ((None, -math.log(16)), (-10.0, -10.0)):
+        recipe = C.Recipe(steps=2, batch_size=16, n_train=200, lr=1e-9, loss="siglip", siglip_bias=given)
+        _, history, _ = C.train_clip(config, recipe)
+        assert math.isclose(history["bias"][0], expected, abs_tol=1e-4)

@@ -47,7 +47,7 @@ class CLIPConfig:
 
     image_size: int = 32
     patch_size: int = 8              # 4×4 patches of 8×8 pixels: 16 tokens, fast on a CPU
-    vision_dim: int = 64
+    vision_dim: int = 96
     vision_depth: int = 2
     vision_heads: int = 4
     vocab_size: int = 64
@@ -333,7 +333,7 @@ def partial_caption(shape: Shape, rng: np.random.Generator, colour: bool = True)
 class Recipe:
     """How a CLIP is trained on ShapesWorld (what the cache key is made of, with the model config)."""
 
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -342,6 +342,7 @@ class Recipe:
     p_grey: float = 0.8                   # images shown in grey, with captions that omit the colour
     hard_negatives: int = 4               # batches of groups that differ only in kind (1: random)
     loss: str = "clip"                    # "clip" (softmax) or "siglip" (sigmoid)
+    siglip_bias: float | None = None      # SigLIP's initial bias b; None: -log(batch_size), see below
     world_seed: int = 0
     seed: int = 0
 
@@ -432,10 +433,13 @@ def train_clip(config: CLIPConfig, recipe: Recipe, device: str | torch.device = 
     pool = CaptionedPool(world, recipe.n_train, recipe.p_partial, recipe.p_grey, recipe.seed,
                          recipe.hard_negatives)
     model = CLIP(config).to(device)
-    bias = nn.Parameter(torch.tensor(-10.0, device=device)) if recipe.loss == "siglip" else None
+    # SigLIP starts at t = 10, b = -10: sigmoid(-10) ≈ 1/22,000 is the share of positive pairs in the
+    # paper's batches of about 32k. For a batch of n pairs the matching prior is b = -log(n).
+    b0 = recipe.siglip_bias if recipe.siglip_bias is not None else -math.log(recipe.batch_size)
+    bias = nn.Parameter(torch.tensor(float(b0), device=device)) if recipe.loss == "siglip" else None
     if recipe.loss == "siglip":
         with torch.no_grad():
-            model.logit_scale.fill_(math.log(10.0))        # SigLIP's initialisation: t = 10, b = −10
+            model.logit_scale.fill_(math.log(10.0))        # SigLIP's initialisation of the scale: t = 10
     elif recipe.loss != "clip":
         raise ValueError(f"recipe.loss must be 'clip' or 'siglip', got {recipe.loss!r}")
 
