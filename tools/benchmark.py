@@ -30,6 +30,9 @@ from vlmlib.shapesworld import ShapesWorld
 
 ROOT = course.ROOT
 RENDER_BAR = 2000
+#: Each chapter's run-time budget in seconds on a 2-core CPU (COURSE.md: about 3 minutes; the issues
+#: give chapter 3 about 4).
+RUN_TIME_BUDGET = {"03": 240}
 
 
 def machine() -> str:
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {path.name} ...", flush=True)
         seconds, metrics = run_notebook(path)
         chapter = path.stem
-        rows.append((chapter, "run time, top to bottom, empty cache", f"{seconds:.0f} s", "≈ 180 s or less"))
+        budget = RUN_TIME_BUDGET.get(chapter.split("_")[0], 180)
+        rows.append((chapter, "run time, top to bottom, empty cache", f"{seconds:.0f} s", f"≈ {budget} s or less"))
         for m in metrics:
             rows.append((chapter, m["name"], fmt(m["value"], m.get("unit", "")), m.get("bar", "") or "(reported)"))
         print(rows[-1], flush=True)
