@@ -234,3 +234,97 @@ def test_sampler_with_a_perfect_denoiser_returns_the_image(pred, sampler):
     model.forward = oracle
     images = D.sample(model, 3, steps=7, sampler=sampler, out_size=8, show_progress=False)
     assert torch.allclose(images, D.to_image_space(target).expand(3, -1, -1, -1), atol=1e-4)
+
+
+def test_classifier_free_guidance_follows_the_diffusers_formula():
+    """One DDIM step from t = T−1 returns x̂₀ itself, so it shows the guided prediction directly."""
+    config = D.DiffusionConfig(image_size=8, channels=(8, 8), norm_groups=4, num_classes=D.NUM_CLASSES)
+    model = D.Denoiser(config)
+    labels = D.class_labels(["red", "cyan"], ["square", "triangle"])
+    seen = []
+
+    def fake(x_t, t, labels=None):          # x̂₀ depends on the label: class c predicts c/100
+        seen.append(labels.clone())
+        return (labels.float() / 100).reshape(-1, 1, 1, 1).expand_as(x_t)
+
+    model.forward = fake
+    x = D.sample(model, 2, steps=1, labels=labels, guidance=3.0, out_size=8, show_progress=False,
+                 generator=torch.Generator().manual_seed(0))
+    u, c = D.NUM_CLASSES / 100, labels.float() / 100
+    expected = (u + 3.0 * (c - u)).clamp(-1, 1)                # ε(∅) + w·(ε(y) − ε(∅)), here in x̂₀
+    # (x̂₀ goes through ε and back at ᾱ ≈ 0, which costs float32 a little precision)
+    assert torch.allclose(x, D.to_image_space(expected.reshape(-1, 1, 1, 1).expand(2, 3, 8, 8)), atol=2e-3)
+    assert seen[-1].tolist() == [D.NUM_CLASSES] * 2 + labels.tolist()   # one batch: unconditional, then labelled
+    seen.clear()
+    plain = D.sample(model, 2, steps=1, labels=labels, out_size=8, show_progress=False)
+    assert len(seen) == 1
+    assert torch.allclose(plain, D.to_image_space(c.reshape(-1, 1, 1, 1).expand(2, 3, 8, 8)), atol=2e-3)
+    with pytest.raises(ValueError, match="guidance"):
+        D.sample(model, 2, labels=labels, guidance=float("nan"))
+    with pytest.raises(ValueError, match="guidance needs labels"):
+        D.sample(model, 2, guidance=2.0)
+
+
+def test_checkpoint_round_trip_and_bad_files(tmp_path):
+    config = D.DiffusionConfig(image_size=8, channels=(8, 8), norm_groups=4, num_classes=D.NUM_CLASSES)
+    model = D.Denoiser(config)
+    D.save_checkpoint(model, D.Recipe(steps=3), {"valid": 0.5}, {"loss": [1.0]}, tmp_path)
+    again, record = D.load_checkpoint(tmp_path)
+    assert record["metrics"] == {"valid": 0.5} and record["recipe"]["steps"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="tools.train_diffusion"):
+        D.load_checkpoint(tmp_path / "nowhere")
+    weights = tmp_path / f"{D.CHECKPOINT_NAME}.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValueError, match="checksum"):
+        D.load_checkpoint(tmp_path)
+    with pytest.raises(TypeError, match="Denoiser"):
+        D.save_checkpoint(model.unet, D.Recipe(), {}, {}, tmp_path)
+
+
+def test_the_shipped_checkpoint_meets_the_bars_and_its_scores_reproduce():
+    """The chapter's results come from this checkpoint: its recorded scores must be true and meet the bars."""
+    from tools import train_diffusion as tool
+
+    model, record = D.load_checkpoint()                       # the one in vlmlib/weights
+    weights = D.checkpoint_folder() / f"{D.CHECKPOINT_NAME}.safetensors"
+    assert weights.stat().st_size < 8e6, "the checkpoint must stay small (a few MB)"
+    config, recipe = tool.checkpoint_settings()
+    assert record["config"] == config.to_dict(), "the checkpoint is not what `python -m tools.train_diffusion` makes"
+    assert {k: v for k, v in record["recipe"].items() if k != "steps"} == \
+        {k: v for k, v in recipe.to_dict().items() if k != "steps"}
+    m = record["metrics"]
+    for key in ("valid", "cond_colour", "cond_kind"):
+        assert m[key] >= 0.8, f"the checkpoint's {key} is {m[key]:.1%}, below the chapter's 80% bar"
+    assert m["guided"]["guidance"] == tool.GUIDANCE
+    for key in ("cond_valid", "cond_colour", "cond_kind"):
+        assert m["guided"][key] >= 0.8, f"with guidance, {key} is {m['guided'][key]:.1%}, below the 80% bar"
+    verify = m["verify"]
+    # the weights and the sampler give the same images as when the checkpoint was made ...
+    assert tool.fingerprint(model) == pytest.approx(verify["fingerprint"], abs=2e-3)
+    # ... and the judge reads them as it did. A judge trained on another machine is not bit-identical,
+    # so a few borderline samples may be read differently: allow 8 of the 96.
+    again = D.evaluate(model, n=verify["n"], steps=verify["steps"], seed=verify["seed"])
+    for key in ("valid", "cond_colour", "cond_kind", "cond_valid"):
+        assert abs(again[key] - verify[key]) <= 8 / verify["n"] + 1e-6, (key, again[key], verify[key])
+    assert again["fid"] == pytest.approx(verify["fid"], rel=0.25)
+
+
+def test_factored_labels_share_a_kind_vector_across_colours():
+    config = D.DiffusionConfig(image_size=8, channels=(8, 16), norm_groups=4, num_classes=D.NUM_CLASSES,
+                               label_embedding="factored")
+    model = D.Denoiser(config)
+    assert model.unet.class_embedding.__class__.__name__ == "Identity"
+    red_circle, blue_circle, red_cross = D.class_labels(["red", "blue", "red"], ["circle", "circle", "cross"])
+    e = model.embed_labels(torch.stack([red_circle, blue_circle, red_cross, torch.tensor(D.NUM_CLASSES)]))
+    colour, kind = model.colour_embedding.weight, model.kind_embedding.weight
+    assert torch.allclose(e[0] - e[1], colour[0] - colour[2])        # same kind: only the colour differs
+    assert torch.allclose(e[0] - e[2], kind[0] - kind[3])            # same colour: only the kind differs
+    assert torch.allclose(e[3], colour[-1] + kind[-1])               # "no label" has its own vectors
+    out = model(torch.randn(4, 3, 8, 8), torch.tensor([0, 10, 500, 999]),
+                torch.tensor([0, 5, 23, D.NUM_CLASSES]))
+    assert out.shape == (4, 3, 8, 8) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="label_embedding"):
+        D.DiffusionConfig(num_classes=D.NUM_CLASSES, label_embedding="summed")
+    with pytest.raises(ValueError, match="factored"):
+        D.DiffusionConfig(num_classes=5, label_embedding="factored")

@@ -1,4 +1,5 @@
 import json
+import re
 
 import matplotlib
 import numpy as np
@@ -65,3 +66,35 @@ def test_expect_prints_records_and_fails_loudly(monkeypatch, tmp_path, capsys):
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["name"] for r in rows] == ["accuracy", "accuracy", "loss", "training"]
     assert rows[0]["bar"] == ">= 0.97" and t["seconds"] >= 0
+
+
+def test_table_renders_rows_formats_and_escapes():
+    import vlmlib
+
+    html = vlmlib.table({"DDPM <25>": {"valid": 0.8123, "steps": 25, "note": "a&b"}, "DDIM": {"valid": None}},
+                        formats={"valid": "{:.1%}"}, first_column="sampler").data
+    heads = re.findall(r"<th[^>]*>([^<]*)</th>", html)
+    assert html.count("<tr") == 3 and heads == ["sampler", "valid", "steps", "note"]
+    assert ">81.2%<" in html and ">25<" in html and "DDPM &lt;25&gt;" in html and "a&amp;b" in html
+    assert ">–<" in html                                          # None and missing cells are dashes
+    with pytest.raises(TypeError, match="rows"):
+        vlmlib.table({})
+    with pytest.raises(ValueError, match="formats"):
+        vlmlib.table({"a": {"x": 1}}, formats={"y": "{}"})
+
+
+def test_animation_html_plays_offline():
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+
+    import vlmlib
+
+    fig, ax = plt.subplots()
+    shown = ax.imshow(np.zeros((4, 4)))
+    anim = animation.FuncAnimation(fig, lambda i: [shown], frames=3)
+    html = vlmlib.animation_html(anim).data
+    plt.close(fig)
+    assert "http://" not in html and "https://" not in html       # nothing to fetch: it works offline
+    assert 'class="animation"' in html and html.count("data:image/png;base64") >= 3
+    with pytest.raises(TypeError, match="Animation"):
+        vlmlib.animation_html(fig)

@@ -7,8 +7,9 @@ A ``diffusers`` :class:`~diffusers.UNet2DModel` learns to undo it; :func:`ddpm_r
 paper's Algorithm 2 and :func:`ddim_step` the deterministic (η = 0) or stochastic DDIM update,
 both tested equal to the ``diffusers`` schedulers' ``step``::
 
-    model, artifact = load_diffusion()               # trained once, then loaded from the cache
-    images = sample(model, 16, steps=25, sampler="ddim", labels=class_labels("red", "circle", 16))
+    model, record = load_checkpoint()                # chapter 5's denoiser, shipped with vlmlib
+    images = sample(model, 16, steps=25, sampler="ddim", labels=class_labels("red", "circle", 16),
+                    guidance=2.0)                    # classifier-free guidance, w = 2
 
 **Timestep convention.** As in ``diffusers``, index ``k ∈ {0, …, T−1}`` is the paper's t = k+1:
 ``schedule.alpha_bar[k]`` is ᾱ_{k+1}, and ``k = −1`` stands for t = 0 (ᾱ = 1, the clean image).
@@ -33,6 +34,7 @@ from .plotting import progress
 from .shapesworld import COLOUR_NAMES, KINDS, ShapesWorld
 
 SCHEDULES = ("linear", "cosine")
+LABEL_EMBEDDINGS = ("joint", "factored")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")   # diffusers' names for ε, x₀ and v
 SAMPLERS = ("ddpm", "ddim")
 
@@ -304,12 +306,13 @@ def timesteps_for(steps: int, T: int) -> list[int]:
 class DiffusionConfig:
     """The denoiser and its process: a small ``diffusers`` UNet2DModel and a noise schedule."""
 
-    image_size: int = 16                     # the size the UNet sees; samples are upsampled to 32
+    image_size: int = 16                     # the size the UNet sees; samples smaller than 32 are upsampled
     channels: tuple = (32, 64, 64)
     layers_per_block: int = 1
     attention: bool = False                  # self-attention at the lowest resolution
     norm_groups: int = 8
     num_classes: int = 0                     # > 0: label-conditioned (one extra "no label" class)
+    label_embedding: str = "joint"           # "joint": one vector per colour–kind class; "factored": colour + kind
     schedule: str = "cosine"
     T: int = 1000
     prediction_type: str = "sample"
@@ -328,6 +331,11 @@ class DiffusionConfig:
                              f"{2 ** (len(self.channels) - 1)}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be a non-negative integer, got {self.num_classes!r}")
+        if self.label_embedding not in LABEL_EMBEDDINGS:
+            raise ValueError(f"label_embedding must be one of {LABEL_EMBEDDINGS}, got {self.label_embedding!r}")
+        if self.label_embedding == "factored" and self.num_classes not in (0, len(COLOUR_NAMES) * len(KINDS)):
+            raise ValueError(f"a factored label embedding needs num_classes = {len(COLOUR_NAMES) * len(KINDS)} "
+                             f"(the colour–kind pairs), got {self.num_classes}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -353,26 +361,45 @@ def build_unet(config: DiffusionConfig):
     up = ["UpBlock2D"] * n
     if config.attention:
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    factored = config.num_classes and config.label_embedding == "factored"
     return UNet2DModel(sample_size=config.image_size, in_channels=3, out_channels=3,
                        layers_per_block=config.layers_per_block, block_out_channels=config.channels,
                        down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=config.norm_groups,
-                       num_class_embeds=(config.num_classes + 1) if config.num_classes else None)
+                       num_class_embeds=(config.num_classes + 1) if config.num_classes and not factored else None,
+                       class_embed_type="identity" if factored else None)
 
 
 class Denoiser(torch.nn.Module):
-    """The UNet with what it needs to sample: its config and schedule. ``model(x_t, t, labels)``."""
+    """The UNet with what it needs to sample: its config and schedule. ``model(x_t, t, labels)``.
+
+    With ``label_embedding="factored"`` a label is embedded as colour vector + kind vector (each with
+    its own "no label" entry), so what the model learns about a kind is shared by all colours.
+    """
 
     def __init__(self, config: DiffusionConfig):
         super().__init__()
         self.config = config
         self.unet = build_unet(config)
         self.schedule = config.make_schedule()
+        if config.num_classes and config.label_embedding == "factored":
+            dim = self.unet.time_embedding.linear_2.out_features
+            self.colour_embedding = torch.nn.Embedding(len(COLOUR_NAMES) + 1, dim)
+            self.kind_embedding = torch.nn.Embedding(len(KINDS) + 1, dim)
+
+    def embed_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class indices (colour · len(KINDS) + kind, or num_classes for "no label") -> (B, dim) vectors."""
+        none = labels == self.config.num_classes
+        colour = torch.where(none, len(COLOUR_NAMES), labels // len(KINDS))
+        kind = torch.where(none, len(KINDS), labels % len(KINDS))
+        return self.colour_embedding(colour) + self.kind_embedding(kind)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
         if c.num_classes:
             if labels is None:
                 labels = torch.full((len(x_t),), c.num_classes, dtype=torch.long, device=x_t.device)
+            if c.label_embedding == "factored":
+                labels = self.embed_labels(labels)
             return self.unet(x_t, t, class_labels=labels).sample
         if labels is not None:
             raise ValueError("this model is unconditional: it takes no labels")
@@ -564,10 +591,12 @@ def train_diffusion(config: DiffusionConfig, recipe: Recipe, device: str | torch
 @torch.no_grad()
 def sample(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim", labels: torch.Tensor | None = None,
            eta: float = 0.0, generator: torch.Generator | None = None, return_path: bool = False,
-           out_size: int = 32, desc: str | None = None, show_progress: bool = True):
+           out_size: int = 32, desc: str | None = None, show_progress: bool = True, guidance: float = 1.0):
     """Draw ``n`` images (n, 3, out_size, out_size) in [0, 1] with DDPM or DDIM in ``steps`` steps.
 
-    ``labels`` (n,) are class indices (:func:`class_labels`) for a conditioned model. With
+    ``labels`` (n,) are class indices (:func:`class_labels`) for a conditioned model. ``guidance``
+    w > 1 is classifier-free guidance (Ho & Salimans, 2022) as diffusers writes it:
+    ε̃ = ε(x, ∅) + w·(ε(x, y) − ε(x, ∅)); w = 1 is the plain conditional model. With
     ``return_path`` it also returns the list of x̂₀ predictions, one per step (for animations).
     """
     if not isinstance(model, Denoiser):
@@ -587,6 +616,12 @@ def sample(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim", labe
                 or bool((labels > c.num_classes).any()):
             raise ValueError(f"labels must be {n} class indices in [0, {c.num_classes}]")
         labels = labels.to(device)
+    if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)
+            and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number ≥ 0 (1 = no guidance), got {guidance!r}")
+    if guidance != 1 and labels is None:
+        raise ValueError("guidance needs labels: it pushes samples towards the labelled class")
+    null = torch.full((n,), c.num_classes, dtype=torch.long, device=device)
     model.eval()
     x = torch.randn((n, 3, c.image_size, c.image_size), generator=generator).to(device)
     path = []
@@ -595,7 +630,12 @@ def sample(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim", labe
     for i in it:
         t = ts[i]
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        out = model(x, torch.full((n,), t, device=device, dtype=torch.long), labels)
+        tt = torch.full((n,), t, device=device, dtype=torch.long)
+        if guidance != 1:   # one batch of 2n: the unconditional and the conditional prediction
+            out_u, out_c = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([null, labels])).chunk(2)
+            out = out_u + guidance * (out_c - out_u)
+        else:
+            out = model(x, tt, labels)
         x0, eps = to_x0_eps(out, t, x, sched.alpha_bar.to(device), c.prediction_type)
         x0 = x0.clamp(-1, 1)                      # as diffusers' clip_sample does
         ab_t = sched.alpha_bar[t].item()
@@ -616,18 +656,21 @@ def default_settings(budget: str = "cpu") -> tuple[DiffusionConfig, Recipe]:
     """The configuration and recipe of chapter 5's denoiser for a budget (``"cpu"`` or ``"gpu"``)."""
     if budget == "gpu":
         return (DiffusionConfig(image_size=32, channels=(64, 128, 128), num_classes=NUM_CLASSES),
-                Recipe(steps=4000, batch_size=128, n_train=50_000))
+                Recipe(steps=4000, batch_size=128, n_train=50_000, min_snr_gamma=5.0))
     if budget != "cpu":
         raise ValueError(f"budget must be 'cpu' or 'gpu', got {budget!r}")
-    return DiffusionConfig(image_size=16, num_classes=NUM_CLASSES), Recipe()
+    return (DiffusionConfig(image_size=32, channels=(16, 32, 64, 64), num_classes=NUM_CLASSES),
+            Recipe(min_snr_gamma=5.0))
 
 
-def evaluate(model: Denoiser, n: int = 240, steps: int = 20, sampler: str = "ddim", seed: int = 0) -> dict[str, float]:
+def evaluate(model: Denoiser, n: int = 240, steps: int = 20, sampler: str = "ddim", seed: int = 0,
+             guidance: float = 1.0) -> dict[str, float]:
     """Judge ``n`` samples (fixed seed, so the numbers can be re-checked).
 
     ``valid`` and ``fid`` of unconditional samples; for a conditional model also ``cond_valid``,
     ``cond_colour`` and ``cond_kind`` (the fraction with the requested attribute) and ``cond_faithful``
-    (valid and right on both), with the labels cycling through every colour–kind pair.
+    (valid and right on both), with the labels cycling through every colour–kind pair, sampled
+    with classifier-free ``guidance``.
     """
     from . import judge
 
@@ -642,7 +685,8 @@ def evaluate(model: Denoiser, n: int = 240, steps: int = 20, sampler: str = "ddi
     metrics.update({"valid": s["valid"], "fid": s["fid"], "coverage": s["coverage"]})
     if model.config.num_classes:
         idx = torch.arange(n) % NUM_CLASSES
-        images = sample(model, n, steps, sampler, labels=idx, generator=g, show_progress=False)
+        images = sample(model, n, steps, sampler, labels=idx, generator=g, show_progress=False,
+                        guidance=guidance)
         s = judge.score(images, labels={"colour": idx // len(KINDS), "kind": idx % len(KINDS)})
         metrics.update({"cond_valid": s["valid"], "cond_fid": s["fid"], "cond_colour": s["colour"],
                         "cond_kind": s["kind"], "cond_faithful": s["faithful"]})
@@ -675,11 +719,20 @@ def build_diffusion(config: DiffusionConfig, recipe: Recipe, name: str = "diffus
 CHECKPOINT_NAME = "diffusion-shapes"
 
 
+def checkpoint_folder() -> Path:
+    """Where the package keeps chapter 5's checkpoint (``vlmlib/weights``; it ships with the package)."""
+    from importlib.resources import files
+
+    return Path(str(files("vlmlib") / "weights"))
+
+
 def save_checkpoint(model: Denoiser, recipe: Recipe, metrics: dict, history: dict,
                     folder: Path | str) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` (config, recipe, metrics, SHA-256 of the weights)."""
     from safetensors.torch import save_file
 
+    if not isinstance(model, Denoiser) or not isinstance(recipe, Recipe):
+        raise TypeError("save_checkpoint needs a Denoiser and its Recipe")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{CHECKPOINT_NAME}.safetensors"
@@ -690,14 +743,15 @@ def save_checkpoint(model: Denoiser, recipe: Recipe, metrics: dict, history: dic
     return weights
 
 
-def load_checkpoint(folder: Path | str, device: str | torch.device = "cpu") -> tuple[Denoiser, dict]:
+def load_checkpoint(folder: Path | str | None = None, device: str | torch.device = "cpu") -> tuple[Denoiser, dict]:
     """The checkpoint written by ``python -m tools.train_diffusion``: ``(model, record)``.
 
-    Raises ``FileNotFoundError`` if it is missing and ``ValueError`` if its weights fail their checksum.
+    ``folder`` defaults to the one that ships with the package (:func:`checkpoint_folder`). Raises
+    ``FileNotFoundError`` if it is missing and ``ValueError`` if its weights fail their checksum.
     """
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    folder = checkpoint_folder() if folder is None else Path(folder)
     weights, meta = folder / f"{CHECKPOINT_NAME}.safetensors", folder / f"{CHECKPOINT_NAME}.json"
     if not weights.exists() or not meta.exists():
         raise FileNotFoundError(f"no diffusion checkpoint in {folder}: run `python -m tools.train_diffusion`")

@@ -192,3 +192,55 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], title:
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.figure.tight_layout()
     return ax
+
+
+def table(rows: Mapping[str, Mapping[str, object]], formats: Mapping[str, str] | None = None,
+          first_column: str = ""):
+    """Show ``{row name: {column: value}}`` as an HTML table (it renders in Jupyter, Colab and the book).
+
+    ``formats`` maps a column to a format string such as ``"{:.1%}"``; numbers are right-aligned and
+    ``None`` is shown as a dash. Returns an ``IPython.display.HTML`` object (display it or end a cell with it).
+    """
+    from html import escape
+
+    from IPython.display import HTML
+
+    if not isinstance(rows, Mapping) or not rows or not all(isinstance(r, Mapping) for r in rows.values()):
+        raise TypeError("rows must be a non-empty dict of {row name: {column: value}}")
+    formats = dict(formats or {})
+    columns = list(dict.fromkeys(c for r in rows.values() for c in r))
+    unknown = set(formats) - set(columns)
+    if unknown:
+        raise ValueError(f"formats name columns that no row has: {sorted(unknown)}; columns are {columns}")
+
+    def cell(column, value):
+        if value is None:
+            return f'<td style="text-align:center;{pad}">–</td>'
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            text = formats.get(column, "{:.3g}").format(value)
+            return f'<td style="text-align:right;{pad}">{escape(text)}</td>'
+        return f'<td style="{pad}">{escape(str(value))}</td>'
+
+    pad = "padding:0.2em 0.7em"
+    head = "".join(f'<th style="{pad}">{escape(str(c))}</th>' for c in [first_column] + columns)
+    body = "".join(f'<tr><td style="{pad}">{escape(str(name))}</td>' + "".join(cell(c, r.get(c)) for c in columns)
+                   + "</tr>" for name, r in rows.items())
+    return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def animation_html(anim):
+    """A matplotlib animation as a self-contained HTML player (``to_jshtml``) that needs no network.
+
+    Matplotlib's player links Font Awesome from a CDN for its button icons; the link is dropped so
+    the page works offline (the book's theme ships Font Awesome itself). Returns ``IPython.display.HTML``.
+    """
+    import re
+
+    from IPython.display import HTML
+    from matplotlib.animation import Animation
+
+    if not isinstance(anim, Animation):
+        raise TypeError(f"expected a matplotlib Animation, got {type(anim).__name__}")
+    html = anim.to_jshtml()
+    html = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "", html)
+    return HTML(html)

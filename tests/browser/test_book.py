@@ -178,3 +178,20 @@ def test_solution_dropdowns_start_closed_and_open_on_click(visits, page):
     button.click()
     body.wait_for_element_state("visible", timeout=5000)
     assert body.is_visible(), "clicking the solution's toggle should show it"
+
+
+def test_the_denoising_animation_plays(visits):
+    """Chapter 5's animation (matplotlib's JavaScript player) must run in the rendered page, offline."""
+    page = visits["notebooks/05_diffusion.html"].page
+    players = page.query_selector_all("article .animation")
+    assert len(players) == 1, "chapter 5 should show one animation"
+    frame = players[0].query_selector("img")
+    slider = players[0].query_selector("input[type=range]")
+    assert frame is not None and slider is not None, "the animation has no frame or no slider"
+    first, start = frame.get_attribute("src"), int(slider.input_value())
+    players[0].query_selector("button[title='Play']").click()
+    page.wait_for_timeout(1500)                                   # several frames at 200 ms each
+    players[0].query_selector("button[title='Pause']").click()
+    assert int(slider.input_value()) > start, "pressing Play did not move the animation forward"
+    assert frame.get_attribute("src") != first, "the frame did not change while playing"
+    assert frame.evaluate("i => i.complete && i.naturalWidth > 0"), "the current frame is not a loaded image"

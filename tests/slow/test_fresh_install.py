@@ -55,6 +55,12 @@ def test_colab_like_fresh_install_runs_notebook_00_outside_the_checkout(tmp_path
     where = subprocess.check_output([str(python), "-c", "import vlmlib; print(vlmlib.__file__)"], cwd=work, env=env,
                                     text=True).strip()
     assert where.startswith(str(fresh_site)), f"vlmlib was imported from {where}, not from the fresh install"
+    # chapter 5's checkpoint ships inside the package (Colab has no checkout to read it from)
+    shipped = subprocess.run([str(python), "-c", "from vlmlib import diffusion as D; m, r = D.load_checkpoint(); "
+                              "print(D.checkpoint_folder(), r['metrics']['train_steps'])"],
+                             cwd=work, env=env, capture_output=True, text=True)
+    assert shipped.returncode == 0, shipped.stderr[-3000:]
+    assert shipped.stdout.startswith(str(fresh_site)), f"the checkpoint was not installed: {shipped.stdout}"
 
     notebook = ROOT / "notebooks" / "00_shapesworld_tour.ipynb"
     script = (
