@@ -212,6 +212,7 @@ def table(rows: Mapping[str, Mapping[str, object]], formats: Mapping[str, str] |
     unknown = set(formats) - set(columns)
     if unknown:
         raise ValueError(f"formats name columns that no row has: {sorted(unknown)}; columns are {columns}")
+    pad = "padding:0.2em 0.7em"
 
     def cell(column, value):
         if value is None:
@@ -221,7 +222,6 @@ def table(rows: Mapping[str, Mapping[str, object]], formats: Mapping[str, str] |
             return f'<td style="text-align:right;{pad}">{escape(text)}</td>'
         return f'<td style="{pad}">{escape(str(value))}</td>'
 
-    pad = "padding:0.2em 0.7em"
     head = "".join(f'<th style="{pad}">{escape(str(c))}</th>' for c in [first_column] + columns)
     body = "".join(f'<tr><td style="{pad}">{escape(str(name))}</td>' + "".join(cell(c, r.get(c)) for c in columns)
                    + "</tr>" for name, r in rows.items())
