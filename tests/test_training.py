@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlmlib.training import accuracies, cosine_schedule, predict, train
+from vlmlib.training import accuracies, cosine_schedule, parameter_groups, predict, train
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -42,3 +42,22 @@ def test_bad_arguments_and_diverging_losses_are_clear_errors():
         train(frozen, lambda s: frozen.weight.sum(), 5)
     with pytest.raises(KeyError, match="no labels for"):
         accuracies({"kind": torch.zeros(2, 3)}, {"colour": torch.zeros(2)})
+
+
+def test_weight_decay_spares_gains_biases_and_scalars():
+    """CLIP §2.5 and OpenCLIP: decay weight matrices only; a temperature or a bias is not pulled to 0."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    scale = torch.nn.Parameter(torch.tensor(2.0))          # like CLIP's logit_scale, unused by the loss
+    unused = torch.nn.Parameter(torch.ones(3, 3))          # a weight matrix the loss does not use
+    groups = parameter_groups(list(model.parameters()) + [scale, unused], 0.1)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    assert decayed == {id(model[0].weight), id(model[2].weight), id(unused)}
+    x = torch.randn(64, 4)
+    train(model, lambda step: model(x).pow(2).mean() + 0 * (scale + unused.sum()), 50, lr=0.01, weight_decay=0.5,
+          params=list(model.parameters()) + [scale, unused])
+    assert scale.item() == 2.0                    # no decay on a scalar (its gradient is zero)
+    assert unused.abs().max().item() < 0.9        # a weight matrix with zero gradient still decays
+    with pytest.raises(ValueError, match="weight_decay"):
+        train(model, lambda step: model(x).sum(), 1, weight_decay=-1.0)

@@ -43,13 +43,15 @@ def _canonical(config: dict[str, Any]) -> str:
 def config_key(config: dict[str, Any]) -> str:
     """A short hash that names a configuration (key order does not matter).
 
-    The version of ShapesWorld's rendering is part of the key, so a change to the world retrains.
+    The version of ShapesWorld's rendering and the version of the training loop are part of the key,
+    so a change to the world or to how models are optimised retrains.
     """
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     from .shapesworld import RENDER_VERSION   # a model trained on another version of the world is stale
+    from .training import TRAINING_VERSION
 
-    text = f"v{FORMAT_VERSION}:w{RENDER_VERSION}:" + _canonical(config)
+    text = f"v{FORMAT_VERSION}:w{RENDER_VERSION}:t{TRAINING_VERSION}:" + _canonical(config)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -3,6 +3,10 @@
 Introduced in chapter 1. :func:`train` runs AdamW with a linear warm-up and a cosine decay of the
 learning rate, clips gradients, shows a progress bar and returns the loss history; what a step
 computes stays in the notebook, in the ``loss_fn`` it passes.
+
+Weight decay applies to weight matrices only, as in CLIP (Radford et al. 2021, §2.5: "to all weights
+that are not gains or biases") and OpenCLIP: gains and biases (LayerNorm, Linear biases) and scalars
+(CLIP's temperature, SigLIP's bias) are not decayed; see :func:`parameter_groups`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,23 @@ import torch
 import torch.nn as nn
 
 from .plotting import progress
+
+
+# Part of every artifact's cache key (vlmlib.cache.config_key): a change to how train() optimises
+# (version 2: no weight decay on gains, biases and scalars) retrains the cached models.
+TRAINING_VERSION = 2
+
+
+def parameter_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Split ``params`` into AdamW groups: weights with ``ndim >= 2`` are decayed, the rest are not.
+
+    The rule is OpenCLIP's (``p.ndim < 2`` or a gain, bias or ``logit_scale`` is excluded): in our
+    modules every gain, bias and scalar has fewer than two dimensions, and every weight matrix,
+    convolution kernel and embedding table has at least two.
+    """
+    params = list(params)
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def cosine_schedule(step: int, steps: int, warmup: int) -> float:
@@ -41,7 +62,9 @@ def train(model: nn.Module, loss_fn: Callable[[int], torch.Tensor | tuple[torch.
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not params:
         raise ValueError("there are no trainable parameters")
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+    optimiser = torch.optim.AdamW(parameter_groups(params, weight_decay), lr=lr)
     warm = int(warmup * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: cosine_schedule(s, steps, warm))
     history: dict[str, list[float]] = {"loss": []}
