@@ -28,6 +28,7 @@ BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 INSTALL_RE = re.compile(r'%pip install -q "vlmlib @ git\+[^"]*"')
 SOLUTION_TAG = "solution"
 EXERCISE_RE = re.compile(r"^#\s*(Exercise\s+\d+\.\d+)\s*[:.—-]\s*(.+)$", re.M)
+FALLBACK_IMPORT = "from vlmlib.exercises import fallback"
 
 
 # -- the one setting ------------------------------------------------------------------------------
@@ -104,13 +105,15 @@ def stub_for(code: str) -> str:
     """Replace a solution cell's code by a stub that parses and raises NotImplementedError.
 
     The cell's first line must be ``# Exercise N.M: what to do``. Functions keep their signature and
-    docstring; their bodies become the ``raise``. A cell without functions becomes the comment and the
-    ``raise`` alone.
+    docstring; their bodies become the ``raise``, and ``@fallback("N.M")`` lets later cells run on
+    with vlmlib's version while the exercise waits. A cell without functions (one that sets values)
+    becomes the ``raise`` inside a ``with fallback("N.M"):`` block, which sets vlmlib's values instead.
     """
     match = EXERCISE_RE.search(code)
     if not match:
         raise ValueError(f"a solution cell must start with '# Exercise N.M: what to do', got:\n{code[:200]}")
     message = f"{match.group(1)}: {match.group(2).strip()}"
+    number = match.group(1).split()[-1]
     tree = ast.parse(code)
     lines = code.splitlines()
     out = [match.group(0)]
@@ -118,6 +121,7 @@ def stub_for(code: str) -> str:
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             out.extend(lines[node.lineno - 1: node.end_lineno])
+    out.append(FALLBACK_IMPORT)
     for node in functions:
         first = min([node.lineno] + [d.lineno for d in node.decorator_list])
         body = node.body
@@ -125,12 +129,16 @@ def stub_for(code: str) -> str:
             and isinstance(body[0].value.value, str)
         keep_to = body[0].end_lineno if has_doc else body[0].lineno - 1
         indent = " " * body[0].col_offset
-        out.append("")
+        out.extend(["", "", f'@fallback("{number}")  # while this waits, later cells use vlmlib\'s {node.name}'])
         out.extend(lines[first - 1: keep_to])
         out.append(f"{indent}# Your code here")
         out.append(f"{indent}raise NotImplementedError({message!r})")
     if not functions:
-        out.append(f"raise NotImplementedError({message!r})")
+        names = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                 for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+        out.extend(["", f'with fallback("{number}"):  # while this waits, later cells use vlmlib\'s '
+                        f'{", ".join(names) or "values"}',
+                    "    # Your code here", f"    raise NotImplementedError({message!r})"])
     stub = "\n".join(out).strip() + "\n"
     ast.parse(stub)   # a stub must always parse
     return stub

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..shapesworld import COLOUR_NAMES, KINDS, position_name
 from .core import Case, Verdict, check_function
+from .registry import exercise
 
 
 def _reference_counts(colour: np.ndarray, kind: np.ndarray) -> np.ndarray:
@@ -14,6 +15,7 @@ def _reference_counts(colour: np.ndarray, kind: np.ndarray) -> np.ndarray:
     return counts
 
 
+@exercise("0.1", colour_kind_counts=_reference_counts)
 def check_colour_kind_counts(fn, seed: int | None = None) -> Verdict:
     """Exercise 0.1: count how often each colour–kind pair occurs."""
     rng = np.random.default_rng(seed)
@@ -27,6 +29,7 @@ def check_colour_kind_counts(fn, seed: int | None = None) -> Verdict:
              "(a loop is fine; np.add.at does it in one call).")
 
 
+@exercise("0.2", position_name=position_name)
 def check_position_name(fn, seed: int | None = None) -> Verdict:
     """Exercise 0.2: name the grid cell that holds a pixel."""
     rng = np.random.default_rng(seed)

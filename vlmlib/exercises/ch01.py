@@ -7,12 +7,14 @@ import torch
 
 from ..vit import patchify, scaled_dot_product_attention
 from .core import Case, Verdict, check_function
+from .registry import exercise
 
 
 def _generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**31)))
 
 
+@exercise("1.1", patchify=patchify)
 def check_patchify(fn, seed: int | None = None) -> Verdict:
     """Exercise 1.1: cut images into flattened P×P patches."""
     g = _generator(seed)
@@ -31,6 +33,7 @@ def _embed_reference(patch_tokens, cls_token, pos_embed):
     return torch.cat([cls, patch_tokens], dim=1) + pos_embed
 
 
+@exercise("1.2", embed_tokens=_embed_reference)
 def check_embed_tokens(fn, seed: int | None = None) -> Verdict:
     """Exercise 1.2: prepend the class token and add the position embeddings (Eq. 1)."""
     g = _generator(seed)
@@ -48,6 +51,7 @@ def _attention_output(q, k, v):
     return scaled_dot_product_attention(q, k, v)[0]
 
 
+@exercise("1.3", attention=_attention_output)
 def check_attention(fn, seed: int | None = None) -> Verdict:
     """Exercise 1.3: scaled dot-product attention, softmax(QKᵀ/√d)V."""
     g = _generator(seed)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .. import clip as C
 from .core import Case, Verdict, check_function
+from .registry import exercise
 
 
 def _reference_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -16,6 +17,7 @@ def _reference_contrastive_loss(image_features: torch.Tensor, text_features: tor
     return C.clip_loss(image @ text.T * logit_scale.exp())
 
 
+@exercise("2.1", contrastive_loss=_reference_contrastive_loss)
 def check_contrastive_loss(fn, seed: int | None = None) -> Verdict:
     """Exercise 2.1: CLIP's symmetric contrastive loss from unnormalised features."""
     g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
@@ -35,6 +37,7 @@ def _reference_ensemble(prompt_embeddings: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(prompt_embeddings, dim=-1).mean(dim=1), dim=-1)
 
 
+@exercise("2.2", ensemble=_reference_ensemble)
 def check_ensemble(fn, seed: int | None = None) -> Verdict:
     """Exercise 2.2: prompt ensembling in embedding space."""
     g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
@@ -49,6 +52,7 @@ def check_ensemble(fn, seed: int | None = None) -> Verdict:
              "then normalise the average again.")
 
 
+@exercise("2.3", recall_at_k=C.recall_at_k)
 def check_recall_at_k(fn, seed: int | None = None) -> Verdict:
     """Exercise 2.3: recall@k of a square similarity matrix."""
     g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)

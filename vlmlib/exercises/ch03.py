@@ -6,8 +6,10 @@ import torch
 
 from .. import clip as C
 from .core import Case, Verdict, check_function
+from .registry import exercise
 
 
+@exercise("3.1", sigmoid_loss=C.siglip_loss)
 def check_sigmoid_loss(fn, seed: int | None = None) -> Verdict:
     """Exercise 3.1: SigLIP's pairwise sigmoid loss."""
     g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)

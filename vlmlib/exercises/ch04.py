@@ -6,13 +6,15 @@ import numpy as np
 import torch
 
 from ..toolkit import add_noise, masking_schedule
-from .core import Case, Verdict, check_function
+from .core import Case, Verdict, check_function, python_scalar, safe_repr
+from .registry import exercise
 
 
 def _generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**31)))
 
 
+@exercise("4.1", masking_schedule=masking_schedule)
 def check_masking_schedule(fn, seed: int | None = None, verbose: bool = True) -> Verdict:
     """Exercise 4.1: MaskGIT's cosine schedule, tokens still masked after each step."""
     sizes = [(64, 8), (64, 1), (64, 4), (16, 3), (64, 64), (10, 7), (256, 12), (5, 5)]
@@ -23,12 +25,17 @@ def check_masking_schedule(fn, seed: int | None = None, verbose: bool = True) ->
     cases = [Case((n, steps), description=f"N={n} tokens, T={steps} steps") for n, steps in sizes]
 
     def same_list(actual, expected, name):
-        if isinstance(actual, (tuple, np.ndarray, torch.Tensor)):
-            actual = [int(v) for v in actual]
-        if not isinstance(actual, list):
-            return f"{name} should be a list of {len(expected)} integers, but it is {type(actual).__name__}."
+        if isinstance(actual, (np.ndarray, torch.Tensor)) and actual.ndim == 1:
+            actual = list(actual)
+        if not isinstance(actual, (list, tuple)):
+            return f"{name} should be a list of {len(expected)} integers, but it is {safe_repr(actual)}."
         if len(actual) != len(expected):
             return f"{name} should have one count per step ({len(expected)}), but it has {len(actual)}."
+        actual = [python_scalar(v) for v in actual]   # np.int64, 0-d tensors... count as integers
+        odd = next((v for v in actual if isinstance(v, bool) or not isinstance(v, (int, float))
+                    or not float(v).is_integer()), None)
+        if odd is not None:
+            return f"{name} should hold whole numbers of tokens, but it holds {safe_repr(odd)}."
         if actual != expected:
             i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
             return f"after step {i + 1} {name} says {actual[i]} tokens stay masked; it should be {expected[i]}."
@@ -40,6 +47,7 @@ def check_masking_schedule(fn, seed: int | None = None, verbose: bool = True) ->
              "count minus one (every step decodes a token), and end with 0.")
 
 
+@exercise("4.2", add_noise=add_noise)
 def check_add_noise(fn, seed: int | None = None, verbose: bool = True) -> Verdict:
     """Exercise 4.2: the forward process of diffusion in closed form."""
     g = _generator(seed)

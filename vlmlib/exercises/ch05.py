@@ -9,6 +9,7 @@ import torch
 
 from ..diffusion import ddim_step, ddpm_reverse_step, make_schedule, q_sample
 from .core import Case, Verdict, check_function
+from .registry import exercise
 
 
 def _generator(seed: int | None) -> torch.Generator:
@@ -19,6 +20,7 @@ def _q_sample_reference(x0, t, noise, alpha_bar):
     return q_sample(x0, t, noise, alpha_bar)
 
 
+@exercise("5.1", q_sample=_q_sample_reference)
 def check_q_sample(fn, seed: int | None = None) -> Verdict:
     """Exercise 5.1: the closed form x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε, one timestep per image."""
     g = _generator(seed)
@@ -45,6 +47,7 @@ def _reverse_reference(eps, t, x_t, betas, alpha_bar, z):
     return ddpm_reverse_step(eps, t, x_t, s, noise=z)
 
 
+@exercise("5.3", reverse_step=_reverse_reference)
 def check_reverse_step(fn, seed: int | None = None) -> Verdict:
     """Exercise 5.3: one step of Algorithm 2 with σ_t² = β̃_t (no noise at t = 0)."""
     g = _generator(seed)
@@ -69,6 +72,7 @@ def _ddim_reference(eps, t, t_prev, x_t, alpha_bar):
     return ddim_step(eps, t, x_t, s, t_prev=t_prev, eta=0.0)
 
 
+@exercise("5.4", ddim_step=_ddim_reference)
 def check_ddim_step(fn, seed: int | None = None) -> Verdict:
     """Exercise 5.4: the deterministic DDIM step (η = 0) from index t to index t_prev."""
     g = _generator(seed)
@@ -90,6 +94,7 @@ def _cosine_reference(T):
     return make_schedule("cosine", T).alpha_bar
 
 
+@exercise("5.2", cosine_alpha_bar=_cosine_reference)
 def check_cosine_alpha_bar(fn, seed: int | None = None) -> Verdict:
     """Exercise 5.2: ᾱ of the cosine schedule, with β_t = 1 − ᾱ_t/ᾱ_{t−1} clipped to 0.999."""
     del seed

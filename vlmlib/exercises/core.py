@@ -3,13 +3,16 @@
 Introduced in notebook 00. A chapter's check function runs the student's code on fresh random
 inputs of several sizes, compares with a reference and prints a friendly verdict with a hint. The
 checker survives anything the student's code does: raising, returning ``None``, the wrong type,
-shape or dtype, NaN, or running far too long. An exercise that has not been started yet (its
-stub raises ``NotImplementedError``) stops "Run all" there, with the exercise's own message.
+shape or dtype, NaN, or running far too long. A right answer passes in whatever scalar type it comes
+(``np.str_``, ``np.int64``, a 0-d array or tensor where a Python scalar is expected). An exercise not
+started yet (its stub raises ``NotImplementedError``) is "waiting for you", and "Run all" goes on:
+the cells below use vlmlib's version (see :mod:`.registry`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import signal
 import threading
 import traceback
@@ -19,7 +22,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Verdict", "ExerciseNotDone", "Case", "check_function", "compare", "safe_repr"]
+from . import registry as _registry
+
+__all__ = ["Verdict", "Case", "check_function", "compare", "safe_repr"]
 
 
 @dataclass
@@ -31,6 +36,8 @@ class Verdict:
     message: str
     hint: str | None = None
     not_started: bool = False
+    stand_in: str | None = None   # what the cells below use while the exercise waits
+
 
     def __bool__(self) -> bool:
         return self.passed
@@ -39,8 +46,11 @@ class Verdict:
         if self.passed:
             return f"✓ Exercise {self.exercise}: correct! {self.message}".rstrip()
         if self.not_started:
-            return (f"✎ Exercise {self.exercise} is waiting for you: {self.message}\n"
+            text = (f"✎ Exercise {self.exercise} is waiting for you: {self.message}\n"
                     "   Replace the `raise NotImplementedError(...)` line with your code, run that cell, then this one.")
+            if self.stand_in:
+                text += f"\n   Until then the cells below use {self.stand_in}, so the chapter runs on."
+            return text
         text = f"✗ Exercise {self.exercise}: not yet. {self.message}"
         if self.hint:
             text += f"\n   Hint: {self.hint}"
@@ -51,13 +61,6 @@ class Verdict:
     def _ipython_display_(self) -> None:
         # The check already printed the verdict; showing it again as a cell result would repeat it.
         pass
-
-
-class ExerciseNotDone(NotImplementedError):
-    """Raised by a check when the exercise's stub has not been replaced yet: "Run all" stops here."""
-
-    def _render_traceback_(self) -> list[str]:   # IPython shows this instead of a long traceback
-        return [f"ExerciseNotDone: {self}"]
 
 
 class _TimeLimit(BaseException):
@@ -125,18 +128,42 @@ def _clone(value: Any) -> Any:
     return value
 
 
+def python_scalar(value: Any) -> Any:
+    """``value`` as a Python scalar when it is a NumPy scalar or a 0-d array or tensor; else unchanged."""
+    if isinstance(value, np.generic) or (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0):
+        try:
+            return value.item()
+        except Exception:
+            return value
+    return value
+
+
+def _as_numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    value = value.detach().cpu()
+    if value.dtype in (torch.bfloat16, torch.float16):   # NumPy has no bfloat16
+        value = value.float()
+    return value.numpy()
+
+
 def compare(actual: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-4, name: str = "the result") -> str | None:
-    """Explain how ``actual`` differs from ``expected``, or return ``None`` when they agree."""
+    """Explain how ``actual`` differs from ``expected``, or return ``None`` when they agree.
+
+    Where a Python scalar is expected, NumPy scalars and 0-d arrays or tensors holding the right
+    value are right too.
+    """
     if actual is None and expected is not None:
         return f"{name} is None. Did you forget a `return` statement?"
+    if isinstance(expected, (bool, str, int, float, np.generic)):
+        expected, actual = python_scalar(expected), python_scalar(actual)
     if isinstance(expected, (torch.Tensor, np.ndarray)):
         kind = "torch tensor" if isinstance(expected, torch.Tensor) else "NumPy array"
         if isinstance(expected, torch.Tensor) and not isinstance(actual, torch.Tensor):
             return f"{name} should be a torch tensor, but it is {safe_repr(actual)}."
         if isinstance(expected, np.ndarray) and not isinstance(actual, np.ndarray):
             return f"{name} should be a NumPy array, but it is {safe_repr(actual)}."
-        a = actual.detach().cpu().numpy() if isinstance(actual, torch.Tensor) else actual
-        e = expected.detach().cpu().numpy() if isinstance(expected, torch.Tensor) else expected
+        a, e = _as_numpy(actual), _as_numpy(expected)
         if a.shape != e.shape:
             return f"{name} should have shape {tuple(e.shape)}, but it has shape {tuple(a.shape)}."
         groups = {"b": "boolean", "i": "integer", "u": "integer", "f": "floating-point", "c": "complex"}
@@ -156,13 +183,16 @@ def compare(actual: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-4, 
     if isinstance(expected, bool) or isinstance(expected, str):
         return None if (type(actual) is type(expected) and actual == expected) else \
             f"{name} should be {safe_repr(expected)}, but it is {safe_repr(actual)}."
-    if isinstance(expected, (int, float, np.number)):
-        if not isinstance(actual, (int, float, np.number, torch.Tensor)) or isinstance(actual, bool):
+    if isinstance(expected, (int, float)):
+        if isinstance(actual, (np.ndarray, torch.Tensor)):
+            return (f"{name} should be a single number, but it is {safe_repr(actual)} "
+                    "(`.item()` turns a one-element tensor or array into a number).")
+        if not isinstance(actual, (int, float)) or isinstance(actual, bool):
             return f"{name} should be a number, but it is {safe_repr(actual)}."
         try:
             value = float(actual)
-        except Exception:
-            return f"{name} should be a single number, but it is {safe_repr(actual)}."
+        except OverflowError:
+            return f"{name} is {safe_repr(actual)}, far too large."
         if not math.isfinite(value):
             return f"{name} is {value}, not a finite number."
         if not math.isclose(value, float(expected), abs_tol=atol, rel_tol=rtol):
@@ -195,21 +225,29 @@ def check_function(
     rtol: float = 1e-4,
     time_limit: float = 20.0,
     compare_fn: Callable[[Any, Any, str], str | None] | None = None,
-    stop_if_not_done: bool = True,
     verbose: bool = True,
 ) -> Verdict:
     """Check ``student`` against ``reference`` on every case and print the verdict.
 
     ``compare_fn(actual, expected, name)`` may replace :func:`compare` for results that are equal
     in a looser sense (e.g. up to an ordering). When the student's function raises
-    ``NotImplementedError`` (the stub) and ``stop_if_not_done`` is true, an
-    :class:`ExerciseNotDone` with the stub's message stops the notebook run here.
+    ``NotImplementedError`` (the stub), the exercise is "waiting for you"; a stub marked with
+    :class:`~.registry.fallback` is checked as the student wrote it, and the verdict says that the
+    cells below use vlmlib's version meanwhile.
     """
-    verdict = _judge(exercise, student, reference, cases, hint, atol, rtol, time_limit, compare_fn)
+    wrapper = student if hasattr(student, "student_function") else None
+    if _registry.waiting(exercise):   # a value exercise whose `with fallback(...)` block fell back
+        verdict = Verdict(exercise, False, "its cell still raises NotImplementedError", hint, not_started=True,
+                          stand_in=f"vlmlib's {', '.join(_registry.lookup(exercise).references)}")
+    else:
+        verdict = _judge(exercise, wrapper.student_function if wrapper else student, reference, cases, hint,
+                         atol, rtol, time_limit, compare_fn)
+    if verdict.not_started and wrapper:
+        verdict.stand_in = wrapper.stand_in
     if verbose:
         print(verdict)
-    if verdict.not_started and stop_if_not_done:
-        raise ExerciseNotDone(verdict.message)
+        if verdict.stand_in and wrapper:
+            wrapper.announced = True   # said here, so the cells below need not repeat it
     return verdict
 
 
@@ -232,7 +270,8 @@ def _judge(exercise, student, reference, cases, hint, atol, rtol, time_limit, co
         except KeyboardInterrupt:
             raise
         except NotImplementedError as exc:
-            return Verdict(exercise, False, str(exc) or f"Exercise {exercise} is not implemented yet", hint,
+            what = re.sub(rf"^Exercise {re.escape(exercise)}\s*:\s*", "", _safe_str(exc))
+            return Verdict(exercise, False, what or "its function still raises NotImplementedError", hint,
                            not_started=True)
         except BaseException as exc:   # anything the student's code raises, SystemExit included
             frames = traceback.extract_tb(exc.__traceback__)
@@ -241,7 +280,9 @@ def _judge(exercise, student, reference, cases, hint, atol, rtol, time_limit, co
                                             f"{line}{where}.", hint)
         try:
             problem = (compare_fn or (lambda a, e, n: compare(a, e, atol, rtol, n)))(actual, expected, "your result")
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:   # e.g. the __eq__ of an object the student returned
             problem = f"the checker could not compare your result ({type(exc).__name__}); it is {safe_repr(actual)}"
         if problem:
             return Verdict(exercise, False, problem[0].upper() + problem[1:] + where, hint)
