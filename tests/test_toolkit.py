@@ -1,5 +1,7 @@
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,40 +153,141 @@ def test_evaluator_ranks_real_digits_above_noise(digits):
     assert sum(real["histogram"]) == round(real["confident"] * 300)
 
 
-def test_bad_inputs_are_clear_errors(digits):
-    with pytest.raises(ValueError, match="test_fraction"):
-        T.load_digits_data(test_fraction=1.5)
-    with pytest.raises(ValueError, match=r"shape \(N, 8, 8\)"):
-        T.train_gan(torch.rand(10, 3, 8, 8), steps=1)
-    with pytest.raises(TypeError, match="floats in"):
-        T.train_gan(digits.train_levels, steps=1)
-    with pytest.raises(TypeError, match="integer grey levels"):
-        T.train_autoregressive(digits.images(), steps=1)
-    with pytest.raises(ValueError, match=r"lie in 0\.\.16"):
-        T.train_masked(digits.train_levels + 1, steps=1)
-    with pytest.raises(ValueError, match="steps must be a positive integer"):
-        T.train_diffusion(digits.images(), steps=0)
+def _bad_calls(digits):
+    """(what is wrong, the call, the error, a pattern its message must match): one row per mistake."""
+    images, levels = digits.images()[:32], digits.train_levels[:32]
     masked = T.PixelTransformer(causal=False, dim=16, depth=1, heads=2)
-    with pytest.raises(TypeError, match="causal=True"):
-        T.sample_autoregressive(masked, 2)
-    with pytest.raises(ValueError, match="steps must be at most 64"):
-        T.sample_masked(masked, 2, steps=65)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
-        T.sample_masked(masked, 0)
-    with pytest.raises(ValueError, match="temperature must be a positive number"):
-        T.sample_masked(masked, 2, temperature=0)
-    with pytest.raises(ValueError, match="eta must be a number"):
-        T.sample_diffusion(T.Denoiser(hidden=16, depth=1), 2, eta=2)
-    with pytest.raises(ValueError, match="steps must be at most 1000"):
-        T.sample_diffusion(T.Denoiser(hidden=16, depth=1), 2, steps=2000)
-    with pytest.raises(TypeError, match="must be a Generator"):
-        T.sample_gan(masked, 2)
-    with pytest.raises(ValueError, match="heads=3 must divide dim=16"):
-        T.PixelTransformer(causal=True, dim=16, heads=3)
-    with pytest.raises(TypeError, match="Digits"):
-        T.train_evaluator(digits.images())
-    with pytest.raises(ValueError, match="same D"):
-        T.frechet_distance(torch.randn(5, 3), torch.randn(5, 4))
+    causal = T.PixelTransformer(causal=True, dim=16, depth=1, heads=2)
+    denoiser, generator = T.Denoiser(hidden=16, depth=1), T.Generator(latent=4, hidden=8)
+    evaluator = T.Evaluator(T.DigitClassifier(), digits.images("test")[:20], 0.0)
+    x0, noise = torch.rand(2, 64), torch.randn(2, 64)
+    nan_images = images.clone()
+    nan_images[0, 0, 0] = float("nan")
+    return [
+        # the data
+        ("test fraction above 1", lambda: T.load_digits_data(test_fraction=1.5), ValueError, "test_fraction must be < 1"),
+        ("test fraction as text", lambda: T.load_digits_data(test_fraction="0.2"), TypeError, "test_fraction must be a number"),
+        ("negative seed", lambda: T.load_digits_data(seed=-1), ValueError, "seed must be at least 0"),
+        ("unknown split", lambda: digits.images("validation"), ValueError, "split must be one of"),
+        ("levels as floats", lambda: T.levels_to_images(images), TypeError, "levels must hold integer grey levels"),
+        ("levels above 16", lambda: T.levels_to_images(levels + 1), ValueError, r"levels must lie in 0\.\.16"),
+        ("levels as a list", lambda: T.levels_to_images([1, 2]), TypeError, "levels must be a tensor"),
+        ("images in [0, 255]", lambda: T.images_to_levels(images * 255), ValueError, "divide by 255"),
+        ("grey levels as images", lambda: T.images_to_levels(levels), TypeError, "levels_to_images"),
+        ("count calls of a non-module", lambda: T.count_calls("net").__enter__(), TypeError, "nn.Module"),
+        # GAN
+        ("latent of 0", lambda: T.Generator(latent=0), ValueError, "latent must be at least 1"),
+        ("z of the wrong width", lambda: generator(torch.randn(2, 5)), ValueError, r"z must have shape \(B, 4\)"),
+        ("integer z", lambda: generator(torch.zeros(2, 4, dtype=torch.long)), TypeError, "z must be floating point"),
+        ("colour images to D", lambda: T.Discriminator(8)(torch.rand(2, 3, 8, 8)), ValueError, r"shape \(N, 8, 8\)"),
+        ("colour images", lambda: T.train_gan(torch.rand(10, 3, 8, 8), steps=1), ValueError, r"shape \(N, 8, 8\)"),
+        ("grey levels to the GAN", lambda: T.train_gan(levels, steps=1), TypeError, "levels_to_images"),
+        ("images in [0, 16]", lambda: T.train_gan(images * 16, steps=1), ValueError, r"values in \[0.0, 1.0\]"),
+        ("images with NaN", lambda: T.train_gan(nan_images, steps=1), ValueError, "NaN"),
+        ("no images", lambda: T.train_gan(images[:0], steps=1), ValueError, "N >= 1"),
+        ("fractional steps", lambda: T.train_gan(images, steps=1.5), TypeError, "steps must be an integer"),
+        ("negative learning rate", lambda: T.train_gan(images, steps=1, lr=-1e-3), ValueError, "lr must be > 0"),
+        ("negative seed for the GAN", lambda: T.train_gan(images, steps=1, seed=-2), ValueError, "seed must be at least 0"),
+        ("sample a masked model as a GAN", lambda: T.sample_gan(masked, 2), TypeError, "must be a Generator"),
+        ("no samples", lambda: T.sample_gan(generator, 0), ValueError, "n must be at least 1"),
+        ("fractional sampling seed", lambda: T.sample_gan(generator, 2, seed=1.5), TypeError, "seed must be an integer"),
+        # the pixel transformers
+        ("causal as text", lambda: T.PixelTransformer(causal="yes"), TypeError, "causal must be True or False"),
+        ("heads that do not divide dim", lambda: T.PixelTransformer(causal=True, dim=16, heads=3), ValueError,
+         "heads=3 must divide dim=16"),
+        ("float tokens", lambda: masked(torch.rand(2, 64)), TypeError, "tokens must be an integer tensor"),
+        ("tokens of the wrong length", lambda: masked(torch.zeros(2, 10, dtype=torch.long)), ValueError,
+         r"tokens must have shape \(B, 64\)"),
+        ("token ids above [MASK]", lambda: masked(torch.full((2, 64), 20)), ValueError, r"tokens must lie in 0\.\.17"),
+        ("negative token ids", lambda: causal(torch.full((2, 64), -1)), ValueError, r"tokens must lie in 0\.\.17"),
+        ("images to the autoregressive model", lambda: T.train_autoregressive(images, steps=1), TypeError,
+         "integer grey levels"),
+        ("levels above 16 to the masked model", lambda: T.train_masked(levels + 1, steps=1), ValueError,
+         r"lie in 0\.\.16"),
+        ("zero training steps", lambda: T.train_masked(levels, steps=0), ValueError, "steps must be at least 1"),
+        ("zero learning rate", lambda: T.train_autoregressive(levels, steps=1, lr=0), ValueError, "lr must be > 0"),
+        ("masked model sampled autoregressively", lambda: T.sample_autoregressive(masked, 2), TypeError, "causal=True"),
+        ("causal model sampled by masking", lambda: T.sample_masked(causal, 2), TypeError, "causal=False"),
+        ("more rounds than pixels", lambda: T.sample_masked(masked, 2, steps=65), ValueError, "steps must be at most 64"),
+        ("no samples to decode", lambda: T.sample_masked(masked, 0), ValueError, "n must be at least 1"),
+        ("zero temperature", lambda: T.sample_masked(masked, 2, temperature=0), ValueError, "temperature must be > 0"),
+        ("negative choice temperature", lambda: T.sample_masked(masked, 2, choice_temperature=-1), ValueError,
+         "choice_temperature must be ≥ 0"),
+        ("zero temperature, autoregressive", lambda: T.sample_autoregressive(causal, 2, temperature=0), ValueError,
+         "temperature must be > 0"),
+        ("a schedule of zero steps", lambda: T.masking_schedule(64, 0), ValueError, "steps must be at least 1"),
+        ("more steps than tokens", lambda: T.masking_schedule(8, 9), ValueError, "steps must be at most 8"),
+        ("a float number of tokens", lambda: T.masking_schedule(64.0, 8), TypeError, "n_tokens must be an integer"),
+        # diffusion
+        ("betas in the wrong order", lambda: T.DiffusionSchedule(beta_start=0.1, beta_end=0.01), ValueError,
+         "beta_start <= beta_end"),
+        ("beta of 1.5", lambda: T.DiffusionSchedule(beta_end=1.5), ValueError, "beta_end must be < 1"),
+        ("noise of another shape", lambda: T.add_noise(x0, torch.randn(3, 64), torch.rand(2)), ValueError,
+         "must have the same shape"),
+        ("one ᾱ too many", lambda: T.add_noise(x0, noise, torch.rand(3)), ValueError, r"alpha_bar must have shape \(2,\)"),
+        ("ᾱ above 1", lambda: T.add_noise(x0, noise, torch.tensor([0.5, 2.0])), ValueError,
+         r"alpha_bar must lie in \[0, 1\]"),
+        ("NaN ᾱ", lambda: T.add_noise(x0, noise, torch.tensor([0.5, float("nan")])), ValueError,
+         r"alpha_bar must lie in \[0, 1\]"),
+        ("integer images to add_noise", lambda: T.add_noise(x0.long(), noise, torch.rand(2)), TypeError,
+         "x0 must be floating point"),
+        ("x of the wrong width", lambda: denoiser(torch.rand(2, 10), torch.zeros(2, dtype=torch.long)), ValueError,
+         r"x must have shape \(B, 64\)"),
+        ("one t per image missing", lambda: denoiser(x0, torch.zeros(3, dtype=torch.long)), ValueError,
+         r"t must have shape \(2,\)"),
+        ("zero diffusion steps", lambda: T.train_diffusion(images, steps=0), ValueError, "steps must be at least 1"),
+        ("images in [-1, 1] to diffusion", lambda: T.train_diffusion(images * 2 - 1, steps=1), ValueError,
+         r"values in \[0.0, 1.0\]"),
+        ("eta of 2", lambda: T.sample_diffusion(denoiser, 2, eta=2), ValueError, "eta must be ≤ 1"),
+        ("eta of NaN", lambda: T.sample_diffusion(denoiser, 2, eta=float("nan")), ValueError, "eta must be a finite"),
+        ("more sampling steps than training steps", lambda: T.sample_diffusion(denoiser, 2, steps=2000), ValueError,
+         "steps must be at most 1000"),
+        ("a generator as denoiser", lambda: T.sample_diffusion(generator, 2), TypeError, "model must be a Denoiser"),
+        # the evaluation
+        ("features of different widths", lambda: T.frechet_distance(torch.randn(5, 3), torch.randn(5, 4)), ValueError,
+         "same D"),
+        ("features as text", lambda: T.frechet_distance(["a", "b"], torch.randn(5, 4)), TypeError,
+         "a must be a tensor or array of features"),
+        ("features with NaN", lambda: T.frechet_distance(torch.randn(5, 3), torch.full((5, 3), float("nan"))),
+         ValueError, "b holds NaN"),
+        ("images instead of Digits", lambda: T.train_evaluator(digits.images()), TypeError, "Digits"),
+        ("zero classifier steps", lambda: T.train_evaluator(digits, steps=0), ValueError, "steps must be at least 1"),
+        ("negative outlier weight", lambda: T.train_evaluator(digits, steps=1, outlier_weight=-1), ValueError,
+         "outlier_weight must be ≥ 0"),
+        ("one sample to evaluate", lambda: evaluator.evaluate(images[:1]), ValueError, "at least 2 samples"),
+        ("samples in [0, 255] to evaluate", lambda: evaluator.evaluate(images * 255), ValueError, "divide by 255"),
+        ("classifier of width 0", lambda: T.DigitClassifier(hidden=0), ValueError, "hidden must be at least 1"),
+    ]
+
+
+def test_bad_inputs_are_clear_errors(digits):
+    """Every public function refuses bad arguments at its entry, naming the argument and what was wrong."""
+    for what, call, error, pattern in _bad_calls(digits):
+        try:
+            call()
+        except error as e:
+            assert re.search(pattern, str(e)), f"{what}: the message {str(e)!r} does not match {pattern!r}"
+        except Exception as e:
+            pytest.fail(f"{what}: raised {type(e).__name__} ({e}), expected {error.__name__}")
+        else:
+            pytest.fail(f"{what}: accepted without an error")
+
+
+def test_natural_inputs_are_converted(digits):
+    """float64 and uint8 images, NumPy arrays and float64 noise vectors work where their meaning is clear."""
+    images = digits.images()[:40]
+    uint8 = (images * 255).round().to(torch.uint8)
+    assert torch.equal(T.images_to_levels(uint8), T.images_to_levels(images))
+    assert torch.equal(T.images_to_levels(images.numpy()), digits.train_levels[:40])
+    assert T.images_to_levels(images.reshape(40, 64)).shape == (40, 64)            # same shape back
+    gen, disc, _ = T.train_gan(images.double(), steps=1, batch=4, hidden=8)
+    assert gen(torch.randn(2, 32, dtype=torch.float64)).dtype == torch.float32
+    assert disc(images[:2].double()).shape == (2,)
+    denoiser = T.Denoiser(hidden=16, depth=1)
+    assert denoiser(torch.rand(2, 64, dtype=torch.float64), torch.zeros(2, dtype=torch.long)).dtype == torch.float32
+    evaluator = T.Evaluator(T.DigitClassifier(), digits.images("test")[:20], 0.0)
+    assert evaluator.evaluate(images.double())["confident"] == evaluator.evaluate(images)["confident"]
+    assert T.masking_schedule(np.int64(64), np.int32(8)) == T.masking_schedule(64, 8)
 
 
 def test_chapter_4_check_accepts_the_schedule_and_rejects_mistakes():

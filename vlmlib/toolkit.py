@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import checks
 from .plotting import progress
 from .training import train
 from .vit import Block
@@ -64,15 +65,14 @@ class Digits:
 
     def images(self, split: str = "train") -> torch.Tensor:
         """The images of a split as floats in [0, 1], shape (N, 8, 8)."""
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        split = checks.choice(split, "split", ("train", "test"))
         return levels_to_images(self.train_levels if split == "train" else self.test_levels)
 
 
 def load_digits_data(test_fraction: float = 0.25, seed: int = 0) -> Digits:
     """scikit-learn's 1,797 handwritten digits, split (stratified by digit) into train and test."""
-    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+    test_fraction = checks.number(test_fraction, "test_fraction", 0.0, 1.0, low_open=True, high_open=True)
+    seed = checks.integer(seed, "seed", minimum=0)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -87,61 +87,79 @@ def load_digits_data(test_fraction: float = 0.25, seed: int = 0) -> Digits:
 
 def levels_to_images(levels: torch.Tensor) -> torch.Tensor:
     """Grey levels 0..16 -> floats in [0, 1] (same shape)."""
-    if not isinstance(levels, torch.Tensor):
-        raise TypeError(f"levels must be a tensor, got {type(levels).__name__}")
+    levels = _as_tensor(levels, "levels", "integer grey levels 0..16")
+    if levels.is_floating_point() or levels.is_complex() or levels.dtype == torch.bool:
+        raise TypeError(f"levels must hold integer grey levels 0..16, got dtype {levels.dtype}")
+    _check_range(levels, "levels")
     return levels.float() / (LEVELS - 1)
 
 
 def images_to_levels(images: torch.Tensor) -> torch.Tensor:
-    """Floats in [0, 1] -> the nearest grey level 0..16 (long, same shape)."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a tensor, got {type(images).__name__}")
-    return (images.float().clamp(0, 1) * (LEVELS - 1)).round().long()
+    """Floats in [0, 1], shape (N, 8, 8) or (N, 64) -> the nearest grey level 0..16 (long, same shape)."""
+    shape = images.shape if isinstance(images, (torch.Tensor, np.ndarray)) else None
+    images = _check_images(images)
+    return (images * (LEVELS - 1)).round().long().reshape(shape)
 
 
-def _check_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(images).__name__}")
+# -- checks of arguments (vlmlib.checks does the common ones) ------------------------------------
+def _as_tensor(value, name: str, what: str) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of {what}, got {type(value).__name__}")
+    return value
+
+
+def _check_range(levels: torch.Tensor, name: str, top: int = LEVELS - 1) -> None:
+    if levels.numel() and (levels.min() < 0 or levels.max() > top):
+        raise ValueError(f"{name} must lie in 0..{top}, got values from {levels.min().item()} to {levels.max().item()}")
+
+
+def _check_images(images, name: str = "images", values: bool = True) -> torch.Tensor:
+    """Digit images of shape (N, 8, 8) or (N, 64) -> float32 (N, 8, 8).
+
+    With ``values`` (at a function's entry) they must also be finite and in [0, 1]; float64 and
+    uint8 images are converted (:func:`vlmlib.checks.images`). Without it (a module's forward, called
+    at every training step) only the type and shape are checked, which costs nothing.
+    """
+    images = _as_tensor(images, name, "shape (N, 8, 8) with values in [0, 1]")
     if images.ndim == 2 and images.shape[1] == PIXELS:
         images = images.reshape(-1, SIDE, SIDE)
     if images.ndim != 3 or images.shape[1:] != (SIDE, SIDE) or len(images) == 0:
         raise ValueError(f"{name} must have shape (N, 8, 8) or (N, 64) with N >= 1, got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name} must be floats in [0, 1]; turn grey levels into images with levels_to_images")
-    return images
+    if not images.is_floating_point() and images.dtype != torch.uint8:
+        raise TypeError(f"{name} must be floats in [0, 1], got dtype {images.dtype}; "
+                        "turn grey levels 0..16 into images with levels_to_images")
+    if values:
+        return checks.images(images[:, None], name, shape=(1, SIDE, SIDE), low=0.0, high=1.0)[:, 0]
+    if images.dtype == torch.uint8:
+        return images.float() / 255
+    return images if images.dtype == torch.float32 else images.float()
 
 
-def _check_levels(levels: torch.Tensor, name: str = "levels") -> torch.Tensor:
-    if not isinstance(levels, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(levels).__name__}")
-    if levels.is_floating_point():
+def _check_levels(levels, name: str = "levels") -> torch.Tensor:
+    """Integer grey levels 0..16 of shape (N, 8, 8) or (N, 64) -> (N, 64)."""
+    levels = _as_tensor(levels, name, "integer grey levels 0..16")
+    if levels.is_floating_point() or levels.is_complex() or levels.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer grey levels 0..16, got dtype {levels.dtype}")
     if levels.ndim == 3 and levels.shape[1:] == (SIDE, SIDE):
         levels = levels.reshape(len(levels), PIXELS)
     if levels.ndim != 2 or levels.shape[1] != PIXELS or len(levels) == 0:
         raise ValueError(f"{name} must have shape (N, 8, 8) or (N, 64) with N >= 1, got {tuple(levels.shape)}")
-    if levels.min() < 0 or levels.max() >= LEVELS:
-        raise ValueError(f"{name} must lie in 0..{LEVELS - 1}, got values from {levels.min()} to {levels.max()}")
-    return levels
+    _check_range(levels, name)
+    return levels.long()
 
 
-def _positive_int(value, name: str, at_most: int | None = None) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if at_most is not None and value > at_most:
-        raise ValueError(f"{name} must be at most {at_most}, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
+def _positive(value, name: str) -> float:
+    return checks.number(value, name, low=0.0, low_open=True)
 
 
 def _generator(seed: int | None) -> torch.Generator:
     g = torch.Generator()
-    g.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**31))
+    if seed is None:
+        g.manual_seed(int(torch.seed() % 2**31))
+    else:
+        g.manual_seed(checks.integer(seed, "seed", minimum=0))
     return g
 
 
@@ -183,15 +201,19 @@ class Generator(nn.Module):
 
     def __init__(self, latent: int = 32, hidden: int = 256):
         super().__init__()
-        self.latent = _positive_int(latent, "latent")
-        hidden = _positive_int(hidden, "hidden")
+        self.latent = checks.integer(latent, "latent", minimum=1)
+        hidden = checks.integer(hidden, "hidden", minimum=1)
         self.net = nn.Sequential(nn.Linear(latent, hidden), nn.LeakyReLU(0.2),
                                  nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
                                  nn.Linear(hidden, PIXELS))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = _as_tensor(z, "z", f"latent vectors (B, {self.latent})")
         if z.ndim != 2 or z.shape[1] != self.latent:
             raise ValueError(f"z must have shape (B, {self.latent}), got {tuple(z.shape)}")
+        if not z.is_floating_point():
+            raise TypeError(f"z must be floating point, got dtype {z.dtype}")
+        z = z if z.dtype == torch.float32 else z.float()
         return torch.sigmoid(self.net(z)).reshape(-1, SIDE, SIDE)
 
 
@@ -200,13 +222,13 @@ class Discriminator(nn.Module):
 
     def __init__(self, hidden: int = 256):
         super().__init__()
-        hidden = _positive_int(hidden, "hidden")
+        hidden = checks.integer(hidden, "hidden", minimum=1)
         self.net = nn.Sequential(nn.Linear(PIXELS, hidden), nn.LeakyReLU(0.2),
                                  nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
                                  nn.Linear(hidden, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = _check_images(images)
+        images = _check_images(images, values=False)          # called at every step: shape only
         return self.net(images.reshape(len(images), PIXELS) * 2 - 1)[:, 0]
 
 
@@ -218,9 +240,9 @@ def train_gan(images: torch.Tensor, steps: int, batch: int = 128, lr: float = 2e
     discriminator and the history of both losses and of D's mean output on real and fake images.
     """
     images = _check_images(images)
-    steps, batch = _positive_int(steps, "steps"), _positive_int(batch, "batch")
-    lr = _positive_float(lr, "lr")
-    torch.manual_seed(seed)
+    steps, batch = checks.integer(steps, "steps", minimum=1), checks.integer(batch, "batch", minimum=1)
+    lr = _positive(lr, "lr")
+    torch.manual_seed(checks.integer(seed, "seed", minimum=0))
     gen, disc = Generator(latent, hidden), Discriminator(hidden)
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
@@ -257,7 +279,7 @@ def sample_gan(generator: Generator, n: int, seed: int | None = 0) -> Generated:
     """Draw ``n`` images: one generator evaluation per sample."""
     if not isinstance(generator, Generator):
         raise TypeError(f"generator must be a Generator, got {type(generator).__name__}")
-    n = _positive_int(n, "n")
+    n = checks.integer(n, "n", minimum=1)
     generator.eval()
     start = time.perf_counter()
     z = torch.randn(n, generator.latent, generator=_generator(seed))
@@ -278,9 +300,10 @@ class PixelTransformer(nn.Module):
 
     def __init__(self, causal: bool, dim: int = 64, depth: int = 2, heads: int = 4, mlp_ratio: int = 2):
         super().__init__()
-        if not isinstance(causal, bool):
+        if not isinstance(causal, (bool, np.bool_)):
             raise TypeError(f"causal must be True or False, got {causal!r}")
-        dim, depth, heads = _positive_int(dim, "dim"), _positive_int(depth, "depth"), _positive_int(heads, "heads")
+        causal = bool(causal)
+        dim, depth, heads = checks.integer(dim, "dim", minimum=1), checks.integer(depth, "depth", minimum=1), checks.integer(heads, "heads", minimum=1)
         if dim % heads:
             raise ValueError(f"heads={heads} must divide dim={dim}")
         self.causal, self.special = causal, LEVELS          # token id 17: start or [MASK]
@@ -294,8 +317,9 @@ class PixelTransformer(nn.Module):
         """tokens (B, 64) of ids 0..17 -> logits (B, 64, 17). For ``causal=True`` pass the pixels
         themselves: the shift right (start token first) happens here, and a prefix (B, L ≤ 64)
         gives the logits of its L pixels (they depend on nothing after them)."""
-        if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point():
-            raise TypeError("tokens must be an integer tensor of grey levels")
+        if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.dtype == torch.bool:
+            got = f"dtype {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise TypeError(f"tokens must be an integer tensor of grey levels 0..16 (17: [MASK] or start), got {got}")
         ok = tokens.ndim == 2 and (0 < tokens.shape[1] <= PIXELS if self.causal else tokens.shape[1] == PIXELS)
         if not ok:
             raise ValueError(f"tokens must have shape (B, {PIXELS}), got {tuple(tokens.shape)}")
@@ -303,7 +327,11 @@ class PixelTransformer(nn.Module):
         if self.causal:
             start = torch.full_like(tokens[:, :1], self.special)
             tokens = torch.cat([start, tokens[:, :-1]], dim=1)
-        z = self.embed(tokens) + self.pos[:, :L]
+        try:                                                   # checked only when it fails: no cost per step
+            z = self.embed(tokens) + self.pos[:, :L]
+        except IndexError:
+            _check_range(tokens, "tokens", top=LEVELS)
+            raise
         for block in self.blocks:
             z = block(z, self.mask[:L, :L] if self.causal else None)
         return self.head(self.norm(z))
@@ -329,8 +357,9 @@ def train_autoregressive(levels: torch.Tensor, steps: int, batch: int = 64, lr: 
     The history's ``loss`` is in nats per pixel; ``bits per pixel`` is the same in bits.
     """
     levels = _check_levels(levels)
-    steps, batch = _positive_int(steps, "steps"), _positive_int(batch, "batch")
-    torch.manual_seed(seed)
+    steps, batch = checks.integer(steps, "steps", minimum=1), checks.integer(batch, "batch", minimum=1)
+    lr = _positive(lr, "lr")
+    torch.manual_seed(checks.integer(seed, "seed", minimum=0))
     model = PixelTransformer(True, dim, depth, heads)
 
     def loss_fn(step):
@@ -338,7 +367,7 @@ def train_autoregressive(levels: torch.Tensor, steps: int, batch: int = 64, lr: 
         loss = F.cross_entropy(model(x).reshape(-1, LEVELS), x.reshape(-1))
         return loss, {"bits per pixel": loss.detach() / math.log(2)}
 
-    return model, _train_tokens(model, loss_fn, steps, _positive_float(lr, "lr"), desc)
+    return model, _train_tokens(model, loss_fn, steps, lr, desc)
 
 
 @torch.no_grad()
@@ -351,7 +380,7 @@ def sample_autoregressive(model: PixelTransformer, n: int, temperature: float = 
     """
     if not isinstance(model, PixelTransformer) or not model.causal:
         raise TypeError("model must be a PixelTransformer with causal=True")
-    n, temperature = _positive_int(n, "n"), _positive_float(temperature, "temperature")
+    n, temperature = checks.integer(n, "n", minimum=1), _positive(temperature, "temperature")
     g = _generator(seed)
     model.eval()
     start = time.perf_counter()
@@ -369,10 +398,12 @@ def masking_schedule(n_tokens: int, steps: int) -> list[int]:
 
     After step t (1..T) a share cos(π/2 · t/T) of the N tokens stays masked, rounded down, and each
     step unmasks at least one token; after the last step none is masked. For N = 64, T = 8:
-    [62, 59, 53, 45, 35, 24, 12, 0].
+    [62, 59, 53, 45, 35, 24, 12, 0]. The paper (Chang et al. 2022) writes the count rounded up,
+    ⌈γ(t/T) N⌉; its released decoding code rounds it down and clamps it so that every step decodes
+    a token, and this function follows the code.
     """
-    n_tokens = _positive_int(n_tokens, "n_tokens")
-    steps = _positive_int(steps, "steps", at_most=n_tokens)
+    n_tokens = checks.integer(n_tokens, "n_tokens", minimum=1)
+    steps = checks.integer(steps, "steps", minimum=1, maximum=n_tokens)
     counts, previous = [], n_tokens
     for t in range(1, steps + 1):
         masked = math.floor(n_tokens * math.cos(math.pi / 2 * t / steps) + 1e-9)
@@ -387,10 +418,12 @@ def train_masked(levels: torch.Tensor, steps: int, batch: int = 64, lr: float = 
                  depth: int = 2, heads: int = 4, seed: int = 0,
                  desc: str = "masked") -> tuple[PixelTransformer, dict]:
     """Train a bidirectional pixel transformer MaskGIT's way: for each image, draw r ~ U(0, 1),
-    mask ⌈cos(π/2 · r) · 64⌉ random pixels and predict them (cross-entropy on the masked pixels)."""
+    mask ⌈cos(π/2 · r) · 64⌉ random pixels (rounded up as in the paper, so at least one) and predict
+    them (cross-entropy on the masked pixels)."""
     levels = _check_levels(levels)
-    steps, batch = _positive_int(steps, "steps"), _positive_int(batch, "batch")
-    torch.manual_seed(seed)
+    steps, batch = checks.integer(steps, "steps", minimum=1), checks.integer(batch, "batch", minimum=1)
+    lr = _positive(lr, "lr")
+    torch.manual_seed(checks.integer(seed, "seed", minimum=0))
     model = PixelTransformer(False, dim, depth, heads)
 
     def loss_fn(step):
@@ -403,7 +436,7 @@ def train_masked(levels: torch.Tensor, steps: int, batch: int = 64, lr: float = 
         loss = F.cross_entropy(logits[masked], x[masked])
         return loss, {"masked share": masked.float().mean()}
 
-    return model, _train_tokens(model, loss_fn, steps, _positive_float(lr, "lr"), desc)
+    return model, _train_tokens(model, loss_fn, steps, lr, desc)
 
 
 @torch.no_grad()
@@ -420,10 +453,9 @@ def sample_masked(model: PixelTransformer, n: int, steps: int = 8, temperature: 
     """
     if not isinstance(model, PixelTransformer) or model.causal:
         raise TypeError("model must be a PixelTransformer with causal=False")
-    n, temperature = _positive_int(n, "n"), _positive_float(temperature, "temperature")
-    steps = _positive_int(steps, "steps", at_most=PIXELS)
-    if not isinstance(choice_temperature, (int, float)) or choice_temperature < 0:
-        raise ValueError(f"choice_temperature must be a number >= 0, got {choice_temperature!r}")
+    n, temperature = checks.integer(n, "n", minimum=1), _positive(temperature, "temperature")
+    steps = checks.integer(steps, "steps", minimum=1, maximum=PIXELS)
+    choice_temperature = checks.number(choice_temperature, "choice_temperature", low=0.0)
     g = _generator(seed)
     model.eval()
     start = time.perf_counter()
@@ -455,8 +487,10 @@ class DiffusionSchedule:
     """
 
     def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
-        self.timesteps = _positive_int(timesteps, "timesteps")
-        if not 0 < beta_start <= beta_end < 1:
+        self.timesteps = checks.integer(timesteps, "timesteps", minimum=1)
+        beta_start = checks.number(beta_start, "beta_start", 0.0, 1.0, low_open=True, high_open=True)
+        beta_end = checks.number(beta_end, "beta_end", 0.0, 1.0, low_open=True, high_open=True)
+        if not beta_start <= beta_end:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
         self.betas = torch.linspace(beta_start, beta_end, self.timesteps, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)
@@ -467,8 +501,23 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) ->
 
     ``alpha_bar`` holds one ᾱ_t per image (shape (B,)) and broadcasts over the other dimensions.
     """
-    if x0.shape != noise.shape:
-        raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have the same shape")
+    x0, noise = _as_tensor(x0, "x0", "images (B, ...)"), _as_tensor(noise, "noise", "noise (B, ...)")
+    alpha_bar = _as_tensor(alpha_bar, "alpha_bar", "one ᾱ_t per image (B,)")
+    for name, value in (("x0", x0), ("noise", noise), ("alpha_bar", alpha_bar)):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype {value.dtype}")
+    if x0.ndim == 0 or x0.shape != noise.shape:
+        raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have the same shape (B, ...)")
+    if alpha_bar.shape != (len(x0),):
+        raise ValueError(f"alpha_bar must have shape ({len(x0)},), one ᾱ_t per image, got {tuple(alpha_bar.shape)}")
+    if not torch.isfinite(alpha_bar).all() or alpha_bar.min() < 0 or alpha_bar.max() > 1:
+        raise ValueError(f"alpha_bar must lie in [0, 1], got values from {alpha_bar.min().item():.3g} "
+                         f"to {alpha_bar.max().item():.3g}")
+    return _add_noise(x0, noise, alpha_bar)
+
+
+def _add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """:func:`add_noise` without the checks, for the training loop."""
     a = alpha_bar.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
@@ -478,8 +527,8 @@ class Denoiser(nn.Module):
 
     def __init__(self, hidden: int = 256, depth: int = 3, timesteps: int = 1000):
         super().__init__()
-        self.hidden, self.timesteps = _positive_int(hidden, "hidden"), _positive_int(timesteps, "timesteps")
-        depth = _positive_int(depth, "depth")
+        self.hidden, self.timesteps = checks.integer(hidden, "hidden", minimum=1), checks.integer(timesteps, "timesteps", minimum=1)
+        depth = checks.integer(depth, "depth", minimum=1)
         self.inp = nn.Linear(PIXELS, hidden)
         self.time = nn.Sequential(nn.Linear(64, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.layers = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -493,10 +542,15 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x (B, 64) noisy pixels in about [−1, 1], t (B,) step indices 0..T−1 -> predicted ε (B, 64)."""
+        x = _as_tensor(x, "x", f"noisy pixels (B, {PIXELS})")
+        t = _as_tensor(t, "t", "step indices (B,)")
         if x.ndim != 2 or x.shape[1] != PIXELS:
             raise ValueError(f"x must have shape (B, {PIXELS}), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be floating point, got dtype {x.dtype}")
         if t.shape != (len(x),):
             raise ValueError(f"t must have shape ({len(x)},), got {tuple(t.shape)}")
+        x = x if x.dtype == torch.float32 else x.float()
         h, e = self.inp(x), self.time(self.embed_time(t))
         for layer in self.layers:
             h = h + layer(h + e)
@@ -508,12 +562,15 @@ def train_diffusion(images: torch.Tensor, steps: int, batch: int = 128, lr: floa
                     desc: str = "diffusion") -> tuple[Denoiser, dict]:
     """Train ε-prediction with DDPM's L_simple: ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t)‖², t uniform.
 
-    Images in [0, 1] are scaled to [−1, 1]. An exponential moving average of the weights (decay
-    0.995) is what is returned, as in DDPM.
+    Images in [0, 1] are scaled to [−1, 1]. What is returned is an exponential moving average of
+    the weights, as DDPM samples from one too; DDPM's decay was 0.9999 over 800K steps (Ho et al.
+    2020, App. B), far too long a memory for a run of a few thousand steps, so the decay here is
+    0.995 (warmed up as min(0.995, (1 + step)/(10 + step))).
     """
     images = _check_images(images)
-    steps, batch = _positive_int(steps, "steps"), _positive_int(batch, "batch")
-    torch.manual_seed(seed)
+    steps, batch = checks.integer(steps, "steps", minimum=1), checks.integer(batch, "batch", minimum=1)
+    lr = _positive(lr, "lr")
+    torch.manual_seed(checks.integer(seed, "seed", minimum=0))
     model = Denoiser(hidden, depth, timesteps)
     ema = Denoiser(hidden, depth, timesteps)
     ema.load_state_dict(model.state_dict())
@@ -524,7 +581,7 @@ def train_diffusion(images: torch.Tensor, steps: int, batch: int = 128, lr: floa
         x0 = data[torch.randint(len(data), (batch,))]
         t = torch.randint(timesteps, (batch,))
         noise = torch.randn_like(x0)
-        xt = add_noise(x0, noise, schedule.alphas_cumprod[t])
+        xt = _add_noise(x0, noise, schedule.alphas_cumprod[t])
         return F.mse_loss(model(xt, t), noise)
 
     def after_step(step):
@@ -533,7 +590,7 @@ def train_diffusion(images: torch.Tensor, steps: int, batch: int = 128, lr: floa
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - decay)
 
-    history = train(model, loss_fn, steps, lr=_positive_float(lr, "lr"), weight_decay=0.0, desc=desc,
+    history = train(model, loss_fn, steps, lr=lr, weight_decay=0.0, desc=desc,
                     after_step=after_step)
     ema.eval()
     return ema, history
@@ -551,10 +608,9 @@ def sample_diffusion(model: Denoiser, n: int, steps: int = 50, eta: float = 0.0,
     """
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a Denoiser, got {type(model).__name__}")
-    n = _positive_int(n, "n")
-    steps = _positive_int(steps, "steps", at_most=model.timesteps)
-    if not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    n = checks.integer(n, "n", minimum=1)
+    steps = checks.integer(steps, "steps", minimum=1, maximum=model.timesteps)
+    eta = checks.number(eta, "eta", 0.0, 1.0)
     g = _generator(seed)
     model.eval()
     start = time.perf_counter()
@@ -583,12 +639,13 @@ class DigitClassifier(nn.Module):
 
     def __init__(self, hidden: int = 128, features: int = 64):
         super().__init__()
+        hidden, features = checks.integer(hidden, "hidden", minimum=1), checks.integer(features, "features", minimum=1)
         self.body = nn.Sequential(nn.Linear(PIXELS, hidden), nn.ReLU(), nn.Dropout(0.1),
                                   nn.Linear(hidden, features), nn.ReLU())
         self.head = nn.Linear(features, CLASSES)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        images = _check_images(images)
+        images = _check_images(images, values=False)          # called at every step: shape only
         return self.body(images.reshape(len(images), PIXELS))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -598,8 +655,7 @@ class DigitClassifier(nn.Module):
 def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     """The Fréchet distance between Gaussians fitted to two sets of features (N, D), as in FID:
     ‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a^{1/2} Σ_b Σ_a^{1/2})^{1/2})."""
-    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
-    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
+    a, b = _features(a, "a"), _features(b, "b")
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"need two feature sets (N, D) with the same D and N >= 2, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
@@ -609,6 +665,16 @@ def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray)
     middle = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
     trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+
+
+def _features(value, name: str) -> np.ndarray:
+    try:
+        value = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a tensor or array of features (N, D), got {type(value).__name__}") from None
+    if not np.isfinite(value).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return value
 
 
 @dataclass
@@ -635,16 +701,16 @@ class Evaluator:
         """
         images = _check_images(images)
         if len(images) < 2:
-            raise ValueError("evaluate needs at least 2 samples for the Fréchet distance")
+            raise ValueError(f"images must hold at least 2 samples for the Fréchet distance, got {len(images)}")
         self.classifier.eval()
-        probs = self.classifier(images.float()).softmax(-1)
+        probs = self.classifier(images).softmax(-1)
         top, label = probs.max(-1)
         confident = top >= self.confident_at
         counts = torch.bincount(label[confident], minlength=CLASSES).double()
         share = counts / counts.sum().clamp_min(1)
         entropy = max(0.0, -(share[share > 0] * share[share > 0].log2()).sum().item())
         covered = int((counts >= max(1.0, self.min_share * len(images))).sum())
-        fd = frechet_distance(self.classifier.features(images.float()), self.classifier.features(self.reference))
+        fd = frechet_distance(self.classifier.features(images), self.classifier.features(self.reference))
         return {"confident": confident.float().mean().item(), "mean max prob": top.mean().item(),
                 "frechet": fd, "coverage": covered, "entropy": entropy,
                 "histogram": counts.long().tolist()}
@@ -660,8 +726,10 @@ def train_evaluator(digits: Digits, steps: int = 1500, batch: int = 128, lr: flo
     """
     if not isinstance(digits, Digits):
         raise TypeError(f"digits must be a Digits (from load_digits_data), got {type(digits).__name__}")
-    steps, batch = _positive_int(steps, "steps"), _positive_int(batch, "batch")
-    torch.manual_seed(seed)
+    steps, batch = checks.integer(steps, "steps", minimum=1), checks.integer(batch, "batch", minimum=1)
+    lr = _positive(lr, "lr")
+    outlier_weight = checks.number(outlier_weight, "outlier_weight", low=0.0)
+    torch.manual_seed(checks.integer(seed, "seed", minimum=0))
     model = DigitClassifier()
     x, y = digits.images("train"), digits.train_labels
 
@@ -678,7 +746,7 @@ def train_evaluator(digits: Digits, steps: int = 1500, batch: int = 128, lr: flo
         loss = loss + outlier_weight * (-outliers.log_softmax(-1).mean())
         return loss, {"accuracy": (logits.argmax(-1) == y[i]).float().mean()}
 
-    history = train(model, loss_fn, steps, lr=_positive_float(lr, "lr"), desc=desc)
+    history = train(model, loss_fn, steps, lr=lr, desc=desc)
     with torch.no_grad():
         accuracy = (model(digits.images("test")).argmax(-1) == digits.test_labels).float().mean().item()
     return Evaluator(model, digits.images("test"), accuracy), history
