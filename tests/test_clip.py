@@ -60,12 +60,13 @@ def test_siglip_loss_matches_the_direct_formula():
         assert math.isclose(C.siglip_loss(logits, b).item(), direct / n, rel_tol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(3, 4), torch.zeros(3), torch.zeros(0, 0),
-                                 torch.zeros(2, 2, dtype=torch.long), "logits"])
-def test_losses_reject_bad_logits(bad):
-    with pytest.raises(ValueError, match="logits"):
+@pytest.mark.parametrize("bad, error", [(torch.zeros(3, 4), ValueError), (torch.zeros(3), ValueError),
+                                        (torch.zeros(0, 0), ValueError), (torch.zeros(2, 2, dtype=torch.long), ValueError),
+                                        ("logits", TypeError)])
+def test_losses_reject_bad_logits(bad, error):
+    with pytest.raises(error, match="logits"):
         C.clip_loss(bad)
-    with pytest.raises(ValueError, match="logits"):
+    with pytest.raises(error, match="logits"):
         C.siglip_loss(bad, 0.0)
 
 
@@ -84,6 +85,8 @@ def test_text_encoder_rejects_bad_input():
         model.encode_text(torch.ones(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="integer tensor"):
         model.encode_text(torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"token ids in \[0, 63\]"):
+        model.encode_text(torch.tensor([[2, 99, 3]]))
     with pytest.raises(ValueError, match="longer than max_length"):
         model.encode_text(torch.full((1, 40), 3))
     with pytest.raises(ValueError, match="vocabulary"):
@@ -125,11 +128,12 @@ def test_recall_at_k_on_a_hand_made_case():
     assert C.recall_at_k(sim, 1, targets=torch.tensor([0, 0, 0])) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("args, match", [((torch.zeros(2, 3), 1), "square"), ((torch.zeros(3, 3), 0), "k must"),
-                                         ((torch.zeros(3, 3), 4), "k must"), ((torch.zeros(0, 0), 1), "non-empty"),
-                                         ((torch.zeros(2, 2), 1.5), "k must")])
-def test_recall_at_k_rejects_bad_input(args, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("args, error, match", [
+    ((torch.zeros(2, 3), 1), ValueError, "square"), ((torch.zeros(3, 3), 0), ValueError, "k must be at least 1"),
+    ((torch.zeros(3, 3), 4), ValueError, "k must be at most 3"), ((torch.zeros(0, 0), 1), ValueError, "non-empty"),
+    ((torch.zeros(2, 2), 1.5), TypeError, "k must be an integer")])
+def test_recall_at_k_rejects_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
         C.recall_at_k(*args)
     with pytest.raises(ValueError, match="targets"):
         C.recall_at_k(torch.zeros(2, 3), 1, targets=torch.tensor([0, 3]))

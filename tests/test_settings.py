@@ -13,10 +13,12 @@ def test_seed_everything_makes_runs_repeatable():
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "0", None, True])
-def test_seed_must_be_a_non_negative_integer(bad):
-    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), ("0", TypeError), (None, TypeError),
+                                        (True, TypeError)])
+def test_seed_must_be_a_non_negative_integer(bad, error):
+    with pytest.raises(error, match="seed must be a non-negative integer"):
         S.seed_everything(bad)
+    S.seed_everything(np.int64(3))                  # NumPy integers are integers
 
 
 def test_budget_follows_the_device_unless_forced(monkeypatch):

@@ -57,7 +57,9 @@ def test_saves_and_loads_like_any_tokenizer(tok, tmp_path):
 def test_extra_words_extend_the_vocabulary():
     tok = shapes_tokenizer(("hello",))
     assert tok.unk_token_id not in tok("hello red circle")["input_ids"]
-    with pytest.raises(ValueError, match="extra_words must be a tuple"):
-        shapes_tokenizer(["hello"])
-    with pytest.raises(ValueError, match="extra_words must be a tuple"):
-        shapes_tokenizer(("two words",))
+    assert shapes_tokenizer(["hello"]) is tok                         # a list means the same words
+    with pytest.raises(TypeError, match="extra_words must be a tuple"):
+        shapes_tokenizer("hello")                                    # not five one-letter words
+    for bad in (("two words",), ("Hello",), ("circle?",), ("",)):   # words the tokenizer could never produce
+        with pytest.raises(ValueError, match="extra_words must be a tuple of non-empty lower-case words"):
+            shapes_tokenizer(bad)

@@ -80,22 +80,23 @@ def test_without_position_embeddings_the_vit_cannot_see_where_patches_are():
     assert not torch.allclose(with_pos.features(x), with_pos.features(shuffled), atol=1e-3)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"patch_size": 5}, "must divide image_size"),
-    ({"dim": 30, "heads": 4}, "must divide dim"),
-    ({"depth": 0}, "depth must be a positive integer"),
-    ({"dim": 6.5}, "dim must be a positive integer"),
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"patch_size": 5}, ValueError, "must divide image_size"),
+    ({"dim": 30, "heads": 4}, ValueError, "must divide dim"),
+    ({"depth": 0}, ValueError, "ViTConfig.depth must be at least 1"),
+    ({"dim": 6.5}, TypeError, "ViTConfig.dim must be an integer"),
+    ({"pos_embedding": "no"}, TypeError, "ViTConfig.pos_embedding must be True or False"),
 ])
-def test_bad_configs_are_clear_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_configs_are_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
         ViTConfig(**kwargs)
 
 
 def test_bad_inputs_are_clear_errors():
     vit = ViT(ViTConfig())
-    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 3, 32, 32\)"):
         vit(torch.randn(2, 3, 16, 16))
-    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(N, 3, 32, 32\), got \(3, 32, 32\); add a batch dimension"):
         vit(torch.randn(3, 32, 32))
     with pytest.raises(TypeError, match="must be a tensor"):
         patchify([[1.0]], 2)

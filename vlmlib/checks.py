@@ -31,7 +31,11 @@ def _given(value: Any) -> str:
 
 
 def integer(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    """An int (NumPy integers accepted, bools and floats refused) within [minimum, maximum]."""
+    """An int (NumPy integers and one-element integer tensors accepted, bools and floats refused)
+    within [minimum, maximum]."""
+    if (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point()
+            and not value.is_complex() and value.dtype != torch.bool):
+        value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {_given(value)}")
     value = int(value)
@@ -63,7 +67,12 @@ def choice(value: Any, name: str, options: Iterable[Any]) -> Any:
     """One of ``options`` (strings compare after ``str()``, so ``np.str_`` is accepted)."""
     options = list(options)
     key = str(value) if isinstance(value, (str, np.str_)) else value
-    if key not in options:
+    try:
+        known = any(key is option or (not isinstance(key, bool) and not isinstance(option, bool) and bool(key == option))
+                    for option in options)
+    except (TypeError, ValueError, RuntimeError):       # an array or tensor: comparing is ambiguous
+        known = False
+    if not known:
         raise ValueError(f"{name} must be one of {options}, got {_given(value)}")
     return key
 
@@ -106,31 +115,39 @@ def labels(value: Any, name: str, classes: int, length: int | None = None) -> to
 
 
 def images(value: Any, name: str = "images", shape: Sequence[int | None] | None = None,
-           low: float | None = None, high: float | None = None, convert: bool = True) -> torch.Tensor:
+           low: float | None = None, high: float | None = None, convert: bool = True,
+           from_uint8: bool | None = None) -> torch.Tensor:
     """A non-empty float32 batch (N, C, H, W) of finite values, optionally of ``shape`` (C, H, W)
     (``None`` matches any size) and within [low, high].
 
-    With ``convert`` (the default), float64 and float16 tensors become float32, and a uint8 batch
-    becomes float32 in [0, 1] (divided by 255) when ``low, high`` is ``0, 1``; a uint8 batch for a
-    function that expects another range is an error, because the intended scale is not known.
+    With ``convert`` (the default), NumPy arrays become tensors, float64 and float16 tensors become
+    float32, and a uint8 batch becomes float32 in [0, 1] (divided by 255) when ``low, high`` is
+    ``0, 1``; a uint8 batch for a function that expects another range is an error, because the
+    intended scale is not known. ``from_uint8=True`` reads uint8 as 0–255 pixels (scaled to [0, 1])
+    also where the range of float input is not checked (a model trained on [0, 1] images);
+    ``from_uint8=False`` refuses uint8 always.
     """
     if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold numbers, got {_given(value)}")
+        value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {_given(value)}")
+    want = f"(N, {', '.join('?' if s is None else str(s) for s in shape)})" if shape else "(N, C, H, W)"
     if value.ndim != 4:
-        want = f"(N, {', '.join('?' if s is None else str(s) for s in shape)})" if shape else "(N, C, H, W)"
         raise ValueError(f"{name} must have shape {want}, got {tuple(value.shape)}"
                          + ("; add a batch dimension with x[None]" if value.ndim == 3 else ""))
     if shape is not None and any(s is not None and s != d for s, d in zip(shape, value.shape[1:])):
-        want = ", ".join("?" if s is None else str(s) for s in shape)
-        raise ValueError(f"{name} must have shape (N, {want}), got {tuple(value.shape)}")
+        channels_last = shape[0] is not None and value.shape[-1] == shape[0] and value.shape[1] != shape[0]
+        raise ValueError(f"{name} must have shape {want}, got {tuple(value.shape)}"
+                         + ("; these look channels-last (N, H, W, C): use x.permute(0, 3, 1, 2) "
+                            "(or ShapesData.tensor())" if channels_last else ""))
     if len(value) == 0:
         raise ValueError(f"{name} is empty (a batch of 0 images)")
-    if value.dtype == torch.uint8 and convert:
-        if (low, high) != (0.0, 1.0):
-            raise ValueError(f"{name} are uint8, but this function expects floats in [{low}, {high}]; "
-                             "convert them first")
+    if value.dtype == torch.uint8 and convert and from_uint8 is not False:
+        if not from_uint8 and (low, high) != (0.0, 1.0):
+            scale = f"floats in [{low}, {high}]" if low is not None or high is not None else "float images"
+            raise ValueError(f"{name} are uint8, but this function expects {scale}; convert them first")
         value = value.float() / 255
     elif not value.is_floating_point():
         raise TypeError(f"{name} must be floating point, got dtype {value.dtype}")
@@ -141,7 +158,8 @@ def images(value: Any, name: str = "images", shape: Sequence[int | None] | None 
     if not torch.isfinite(value).all():
         raise ValueError(f"{name} hold NaN or infinite values")
     if low is not None or high is not None:
-        lo, hi = value.min().item(), value.max().item()
+        lo, hi = value.aminmax()
+        lo, hi = lo.item(), hi.item()
         if (low is not None and lo < low - 1e-4) or (high is not None and hi > high + 1e-4):
             hint = " (they look like values in [0, 255]: divide by 255)" if hi > 2 and high == 1.0 else ""
             raise ValueError(f"{name} must have values in [{low}, {high}], got [{lo:.3g}, {hi:.3g}]{hint}")

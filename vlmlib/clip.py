@@ -31,10 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import checks
 from .cache import Artifact, cached
 from .shapesworld import COLOUR_NAMES, KINDS, POSITION_PHRASES, POSITIONS, SIZES, Shape, ShapesWorld
 from .tokenizer import shapes_tokenizer
-from .vit import Block, ViT, ViTConfig
+from .vit import Block, ViT, ViTConfig, _boolean
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)     # 2.6593: exp = 14.29
 LOGIT_SCALE_MAX = math.log(100.0)         # the logits are never scaled by more than 100
@@ -64,13 +65,20 @@ class CLIPConfig:
     def __post_init__(self):
         for name in ("image_size", "patch_size", "vision_dim", "vision_depth", "vision_heads", "vocab_size",
                      "max_length", "text_dim", "text_depth", "text_heads", "mlp_ratio", "embed_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"CLIPConfig.{name} must be a positive integer, got {value!r}")
+            setattr(self, name, checks.integer(getattr(self, name), f"CLIPConfig.{name}", minimum=1))
+        self.max_length = checks.integer(self.max_length, "CLIPConfig.max_length", minimum=2)   # [BOS] … [EOS]
+        self.causal = _boolean(self.causal, "CLIPConfig.causal")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"CLIPConfig.patch_size {self.patch_size} must divide image_size {self.image_size}")
+        if self.vision_dim % self.vision_heads:
+            raise ValueError(f"CLIPConfig.vision_heads {self.vision_heads} must divide vision_dim {self.vision_dim}")
         if self.text_dim % self.text_heads:
-            raise ValueError(f"text_heads {self.text_heads} must divide text_dim {self.text_dim}")
-        if not 0 <= self.eos_id < self.vocab_size:
-            raise ValueError(f"eos_id {self.eos_id} must be a token id below vocab_size {self.vocab_size}")
+            raise ValueError(f"CLIPConfig.text_heads {self.text_heads} must divide text_dim {self.text_dim}")
+        for name in ("eos_id", "pad_id"):
+            setattr(self, name, checks.integer(getattr(self, name), f"CLIPConfig.{name}", minimum=0,
+                                               maximum=self.vocab_size - 1))
+        if self.eos_id == self.pad_id:
+            raise ValueError(f"CLIPConfig.eos_id and pad_id must differ, both are {self.eos_id}")
 
     def vision(self) -> ViTConfig:
         return ViTConfig(image_size=self.image_size, patch_size=self.patch_size, dim=self.vision_dim,
@@ -96,11 +104,20 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, text_dim) features."""
         c = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype.is_floating_point:
-            raise ValueError(f"input_ids must be an integer tensor of shape (B, L), got {_describe(input_ids)}")
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be an integer tensor of shape (B, L) (use clip.tokenize), "
+                            f"got {_describe(input_ids)}")
+        if input_ids.ndim != 2 or input_ids.dtype not in _INTEGER_DTYPES or input_ids.numel() == 0:
+            raise ValueError(f"input_ids must be a non-empty integer tensor of shape (B, L) (use clip.tokenize), "
+                             f"got {_describe(input_ids)}")
         B, L = input_ids.shape
         if L > c.max_length:
             raise ValueError(f"texts of {L} tokens are longer than max_length={c.max_length}")
+        low, high = input_ids.aminmax()
+        if low < 0 or high >= c.vocab_size:
+            raise ValueError(f"input_ids must be token ids in [0, {c.vocab_size - 1}] (the config's vocab_size), "
+                             f"got values in [{low.item()}, {high.item()}]")
+        input_ids = input_ids.long()
         has_eos = input_ids == c.eos_id                                       # (B, L)
         if not bool(has_eos.any(dim=1).all()):
             raise ValueError("every row of input_ids must contain the [EOS] token "
@@ -132,7 +149,10 @@ class CLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))              # t
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) images -> (B, E) unit-length image embeddings I_e."""
+        """(B, 3, H, W) images in [0, 1] -> (B, E) unit-length image embeddings I_e.
+
+        Float64 images are made float32 and uint8 images (0–255) are scaled to [0, 1] (by the ViT).
+        """
         return F.normalize(self.image_projection(self.image_encoder.features(images)), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -146,7 +166,12 @@ class CLIP(nn.Module):
     @torch.no_grad()
     def clamp_logit_scale_(self, max_value: float = LOGIT_SCALE_MAX) -> None:
         """Keep exp(t) in [1, 100] (OpenCLIP does this after each optimiser step)."""
+        if max_value != LOGIT_SCALE_MAX:                  # the default needs no check: this runs every step
+            max_value = checks.number(max_value, "max_value", low=0.0)
         self.logit_scale.clamp_(0, max_value)
+
+
+_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def _describe(x) -> str:
@@ -157,7 +182,11 @@ def _describe(x) -> str:
 
 # -- the losses -------------------------------------------------------------------------------------
 def _check_logits(logits: torch.Tensor, square: bool = True) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.dtype.is_floating_point:
+    """Shape and dtype only: the losses run every training step, and NaN logits give a NaN loss,
+    which :func:`vlmlib.training.train` reports."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a float tensor of shape (B, B), got {_describe(logits)}")
+    if logits.ndim != 2 or not logits.dtype.is_floating_point:
         raise ValueError(f"logits must be a float tensor of shape (B, B), got {_describe(logits)}")
     if square and logits.shape[0] != logits.shape[1]:
         raise ValueError(f"logits must be square (image i goes with text i), got shape {tuple(logits.shape)}")
@@ -181,9 +210,16 @@ def siglip_loss(logits: torch.Tensor, bias: torch.Tensor | float) -> torch.Tenso
     """The sigmoid loss of SigLIP (Zhai et al., 2023): every pair is its own binary problem.
 
     ``logits`` (B, B) are t · I_e T_eᵀ; the label of pair (i, j) is +1 if i == j else −1;
-    L = −(1/B) Σ_i Σ_j log σ(label_ij · (logits_ij + b)).
+    L = −(1/B) Σ_i Σ_j log σ(label_ij · (logits_ij + b)). ``bias`` is the single learned number b
+    (a float or a one-element tensor, such as an ``nn.Parameter``).
     """
     _check_logits(logits)
+    if isinstance(bias, torch.Tensor):
+        if bias.numel() != 1 or not bias.is_floating_point():
+            raise ValueError(f"bias must be one number (SigLIP's scalar b), got {_describe(bias)}")
+        bias = bias.reshape(())
+    else:
+        bias = checks.number(bias, "bias")
     n = len(logits)
     labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1        # (B, B): +1 / −1
     return -F.logsigmoid(labels * (logits + bias)).sum() / n
@@ -191,21 +227,34 @@ def siglip_loss(logits: torch.Tensor, bias: torch.Tensor | float) -> torch.Tenso
 
 # -- zero-shot classification and retrieval ---------------------------------------------------------
 def tokenize(texts: Sequence[str], max_length: int = 16) -> torch.Tensor:
-    """ShapesWorld texts -> (N, max_length) ids, with [BOS] … [EOS] and padding."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a list of strings")
+    """ShapesWorld texts -> (N, max_length) ids, with [BOS] … [EOS] and padding.
+
+    A text that does not fit in ``max_length`` tokens ([BOS] and [EOS] included) is an error, never
+    cut short: a cut caption would lose its [EOS], where the text encoder reads its feature.
+    """
+    texts = checks.text_list(texts, "texts")
+    if not texts:
+        raise ValueError("texts is empty: give at least one string")
+    max_length = checks.integer(max_length, "max_length", minimum=2)
     tok = shapes_tokenizer()
-    ids = tok(list(texts), padding="max_length", max_length=max_length, truncation=True,
-              return_tensors="pt")["input_ids"]
-    if (ids == tok.unk_token_id).any():
-        bad = sorted({w for t in texts for w in t.lower().split() if tok.convert_tokens_to_ids(w) == tok.unk_token_id})
+    rows = tok(texts)["input_ids"]
+    longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+    if len(rows[longest]) > max_length:
+        raise ValueError(f"max_length={max_length} is too short for texts[{longest}] ({texts[longest]!r}), which "
+                         f"takes {len(rows[longest])} tokens with [BOS] and [EOS]")
+    if any(tok.unk_token_id in row for row in rows):
+        split = tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str
+        bad = sorted({w for t in texts for w, _ in split(t.lower()) if tok.convert_tokens_to_ids(w) == tok.unk_token_id})
         raise ValueError(f"words outside the ShapesWorld vocabulary: {bad}")
-    return ids
+    pad = tok.pad_token_id
+    return torch.tensor([row + [pad] * (max_length - len(row)) for row in rows], dtype=torch.long)
 
 
 @torch.no_grad()
 def embed_texts(model: CLIP, texts: Sequence[str], batch_size: int = 1024) -> torch.Tensor:
     """Unit-length text embeddings (N, E) of a list of strings."""
+    _check_model(model)
+    batch_size = checks.integer(batch_size, "batch_size", minimum=1)
     model.eval()
     device = model.logit_scale.device
     ids = tokenize(texts, model.config.max_length).to(device)
@@ -214,11 +263,20 @@ def embed_texts(model: CLIP, texts: Sequence[str], batch_size: int = 1024) -> to
 
 @torch.no_grad()
 def embed_images(model: CLIP, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Unit-length image embeddings (N, E) of images (N, 3, H, W)."""
+    """Unit-length image embeddings (N, E) of images (N, 3, H, W) in [0, 1] (float64 and uint8 converted)."""
+    _check_model(model)
+    batch_size = checks.integer(batch_size, "batch_size", minimum=1)
+    c = model.config
+    images = checks.images(images, "images", shape=(3, c.image_size, c.image_size), from_uint8=True)
     model.eval()
     device = model.logit_scale.device
     return torch.cat([model.encode_image(images[i:i + batch_size].to(device))
                       for i in range(0, len(images), batch_size)])
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, CLIP):
+        raise TypeError(f"model must be a vlmlib CLIP, got {type(model).__name__}")
 
 
 def zero_shot_classifier(embed: Callable[[list[str]], torch.Tensor], classnames: Sequence[str],
@@ -229,21 +287,34 @@ def zero_shot_classifier(embed: Callable[[list[str]], torch.Tensor], classnames:
     templates the prompts' normalised embeddings are averaged and re-normalised (prompt ensembling,
     as in CLIP and OpenCLIP). ``embed`` maps a list of strings to (N, E) embeddings.
     """
-    if isinstance(classnames, str) or len(classnames) < 1:
-        raise ValueError(f"classnames must be a non-empty list of names, got {classnames!r}")
-    if isinstance(templates, str) or len(templates) < 1:
-        raise ValueError(f"templates must be a non-empty list of strings with '{{}}', got {templates!r}")
-    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    if not callable(embed):
+        raise TypeError(f"embed must be a function from a list of strings to embeddings (N, E), got {embed!r}")
+    for name, value in (("classnames", classnames), ("templates", templates)):
+        if isinstance(value, (str, np.str_)):
+            raise ValueError(f"{name} must be a non-empty list of strings, got one string {value!r}; wrap it in a list")
+    classnames, templates = checks.text_list(classnames, "classnames"), checks.text_list(templates, "templates")
+    if not classnames:
+        raise ValueError("classnames must be a non-empty list of names, got an empty list")
+    if not templates:
+        raise ValueError("templates must be a non-empty list of strings with '{}', got an empty list")
+    bad = [t for t in templates if t.count("{}") != 1]
     if bad:
         raise ValueError(f"each template must contain '{{}}' exactly once, got {bad[:3]!r}")
-    prompts = [t.format(c) for c in classnames for t in templates]
-    emb = F.normalize(embed(prompts).float(), dim=-1)                         # (C·T, E)
+    prompts = [t.replace("{}", c) for c in classnames for t in templates]
+    emb = embed(prompts)
+    if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or len(emb) != len(prompts):
+        raise ValueError(f"embed must return a tensor (N, E) with one row per prompt ({len(prompts)}), "
+                         f"got {_describe(emb)}")
+    emb = F.normalize(emb.float(), dim=-1)                                    # (C·T, E)
     emb = emb.reshape(len(classnames), len(templates), -1).mean(dim=1)        # (C, E)
     return F.normalize(emb, dim=-1)
 
 
 def zero_shot_predict(image_embeddings: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """The predicted class of each image: argmax over classes of cosine similarity, (N,)."""
+    for name, x in (("image_embeddings", image_embeddings), ("classifier", classifier)):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor, got {_describe(x)}")
     if image_embeddings.ndim != 2 or classifier.ndim != 2 or image_embeddings.shape[1] != classifier.shape[1]:
         raise ValueError(f"expected image embeddings (N, E) and a classifier (C, E), got "
                          f"{tuple(image_embeddings.shape)} and {tuple(classifier.shape)}")
@@ -255,17 +326,20 @@ def recall_at_k(similarity: torch.Tensor, k: int, targets: torch.Tensor | None =
 
     By default the correct item of query i is column i; ``targets`` (N,) gives it otherwise.
     """
-    if not isinstance(similarity, torch.Tensor) or similarity.ndim != 2 or similarity.numel() == 0:
-        raise ValueError(f"similarity must be a non-empty tensor (queries, items), got {_describe(similarity)}")
+    if not isinstance(similarity, torch.Tensor):
+        raise TypeError(f"similarity must be a tensor (queries, items), got {_describe(similarity)}")
+    if similarity.ndim != 2 or similarity.numel() == 0 or not similarity.is_floating_point():
+        raise ValueError(f"similarity must be a non-empty float tensor (queries, items), got {_describe(similarity)}")
+    if torch.isnan(similarity).any():
+        raise ValueError("similarity holds NaN values: the ranking would be meaningless")
     n, m = similarity.shape
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= m:
-        raise ValueError(f"k must be an integer from 1 to the number of items ({m}), got {k!r}")
+    k = checks.integer(k, "k", minimum=1, maximum=m)
     if targets is None:
         if n != m:
             raise ValueError(f"without targets the similarity must be square, got shape {(n, m)}")
         targets = torch.arange(n, device=similarity.device)
-    if targets.shape != (n,) or bool((targets < 0).any()) or bool((targets >= m).any()):
-        raise ValueError(f"targets must hold {n} item indices in [0, {m})")
+    else:
+        targets = checks.labels(targets, "targets", classes=m, length=n).to(similarity.device)
     top = similarity.topk(k, dim=1).indices                                   # (N, k)
     return (top == targets[:, None]).any(dim=1).float().mean().item()
 
@@ -275,6 +349,7 @@ def recall_at_k(similarity: torch.Tensor, k: int, targets: torch.Tensor | None =
 #: attributes so that no single wording decides.
 def attribute_templates(attribute: str) -> list[str]:
     """Prompt templates (with ``{}``) to classify one attribute of ShapesWorld images."""
+    attribute = checks.choice(attribute, "attribute", ("colour", "kind", "size", "position"))
     if attribute == "colour":
         return [f"a {{}} {k}" for k in KINDS] + ["a {} shape"]
     if attribute == "kind":
@@ -290,17 +365,28 @@ def attribute_classnames(attribute: str) -> list[str]:
     """The words that fill the templates of :func:`attribute_templates`."""
     names = {"colour": list(COLOUR_NAMES), "kind": list(KINDS), "size": list(SIZES),
              "position": [POSITION_PHRASES[p] for p in POSITIONS]}
-    if attribute not in names:
-        raise ValueError(f"attribute must be one of {list(names)}, got {attribute!r}")
-    return names[attribute]
+    return names[checks.choice(attribute, "attribute", list(names))]
 
 
 @torch.no_grad()
 def zero_shot_accuracy(model: CLIP, images: torch.Tensor, labels: dict[str, np.ndarray],
                        attributes: Sequence[str] = ("colour", "kind", "size", "position"),
                        image_embeddings: torch.Tensor | None = None) -> dict[str, float]:
-    """Zero-shot accuracy of each attribute, with the ensembled prompts of :func:`attribute_templates`."""
+    """Zero-shot accuracy of each attribute, with the ensembled prompts of :func:`attribute_templates`.
+
+    ``labels`` maps each attribute to the (N,) class indices of the images (``ShapesData.labels``).
+    """
+    _check_model(model)
+    attributes = [checks.choice(a, "attributes[]", ("colour", "kind", "size", "position"))
+                  for a in checks.text_list(attributes, "attributes")]
     img = image_embeddings if image_embeddings is not None else embed_images(model, images)
+    if not isinstance(img, torch.Tensor) or img.ndim != 2:
+        raise ValueError(f"image_embeddings must be a tensor (N, E), got {_describe(img)}")
+    if not isinstance(labels, dict) or any(a not in labels for a in attributes):
+        raise ValueError(f"labels must be a dict with the class indices of {attributes}, got "
+                         f"{sorted(labels) if isinstance(labels, dict) else type(labels).__name__}")
+    for a in attributes:
+        checks.labels(labels[a], f"labels[{a!r}]", classes=len(attribute_classnames(a)), length=len(img))
     out = {}
     for a in attributes:
         clf = zero_shot_classifier(lambda t: embed_texts(model, t), attribute_classnames(a), attribute_templates(a))
@@ -316,6 +402,11 @@ def partial_caption(shape: Shape, rng: np.random.Generator, colour: bool = True)
     "a red shape", "a triangle on the left", "a large cross"… ``colour=False`` never names the
     colour and always names the kind (used for the grey copies of images).
     """
+    if not isinstance(shape, Shape):
+        raise TypeError(f"shape must be a ShapesWorld Shape (e.g. data.shapes[i][0]), got {type(shape).__name__}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    colour = _boolean(colour, "colour")
     while True:
         use = rng.random(4) < 0.5                 # colour, kind, size, position
         if not colour:
@@ -346,6 +437,24 @@ class Recipe:
     world_seed: int = 0
     seed: int = 0
 
+    def __post_init__(self):
+        # Checked here, before any data is built. Values are validated, not rewritten (1 stays 1, not
+        # 1.0), so that a valid recipe keeps its cache key; NumPy scalars become Python numbers.
+        for name, minimum in (("steps", 1), ("batch_size", 2), ("n_train", 2), ("world_seed", 0), ("seed", 0)):
+            setattr(self, name, checks.integer(getattr(self, name), f"Recipe.{name}", minimum=minimum))
+        self.hard_negatives = checks.integer(self.hard_negatives, "Recipe.hard_negatives", minimum=1,
+                                             maximum=len(KINDS))
+        checks.number(self.lr, "Recipe.lr", low=0.0, low_open=True)
+        checks.number(self.weight_decay, "Recipe.weight_decay", low=0.0)
+        checks.probability(self.p_partial, "Recipe.p_partial")
+        checks.probability(self.p_grey, "Recipe.p_grey")
+        self.loss = checks.choice(self.loss, "Recipe.loss", ("clip", "siglip"))
+        if self.siglip_bias is not None:
+            checks.number(self.siglip_bias, "Recipe.siglip_bias")
+        for name in ("lr", "weight_decay", "p_partial", "p_grey", "siglip_bias"):
+            if isinstance(getattr(self, name), (np.generic, torch.Tensor)):
+                setattr(self, name, float(getattr(self, name)))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -355,6 +464,12 @@ class CaptionedPool:
 
     def __init__(self, world: ShapesWorld, n: int, p_partial: float, p_grey: float, seed: int,
                  hard_negatives: int = 1):
+        if not isinstance(world, ShapesWorld):
+            raise TypeError(f"world must be a ShapesWorld, got {type(world).__name__}")
+        n = checks.integer(n, "n", minimum=1)
+        p_partial, p_grey = checks.probability(p_partial, "p_partial"), checks.probability(p_grey, "p_grey")
+        seed = checks.integer(seed, "seed", minimum=0)
+        hard_negatives = checks.integer(hard_negatives, "hard_negatives", minimum=1, maximum=len(KINDS))
         data = world.sample(n, split="train", seed=seed, captions=None)
         self.images = data.tensor()                                          # (N, 3, H, W)
         grey = (self.images * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)
@@ -362,8 +477,6 @@ class CaptionedPool:
         self.shapes = data.shapes
         self.p_partial, self.p_grey = p_partial, p_grey
         self.rng = np.random.default_rng([seed, 7])
-        if not isinstance(hard_negatives, int) or not 1 <= hard_negatives <= len(KINDS):
-            raise ValueError(f"hard_negatives must be an integer from 1 to {len(KINDS)}, got {hard_negatives!r}")
         self.group = hard_negatives
         # Images that share colour, size and position, by kind: the hard negatives of each other.
         cell = (data.labels["colour"] * len(SIZES) + data.labels["size"]) * len(POSITIONS) + data.labels["position"]
@@ -398,6 +511,8 @@ class CaptionedPool:
         return len(self.images)
 
     def batch(self, batch_size: int, max_length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of ``batch_size`` images (at most the pool's size) and their tokenized captions."""
+        batch_size = checks.integer(batch_size, "batch_size", minimum=1)
         rng = self.rng
         idx = self._indices(batch_size)
         grey = rng.random(len(idx)) < self.p_grey
@@ -423,11 +538,19 @@ def _full_caption(shape: Shape, rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def _check_config_and_recipe(config, recipe) -> None:
+    if not isinstance(config, CLIPConfig):
+        raise TypeError(f"config must be a CLIPConfig, got {type(config).__name__}")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+
+
 def train_clip(config: CLIPConfig, recipe: Recipe, device: str | torch.device = "cpu",
-               eval_every: int = 0, desc: str = "training CLIP") -> tuple[CLIP, dict[str, list[float]], float]:
+               desc: str = "training CLIP") -> tuple[CLIP, dict[str, list[float]], float]:
     """Train a CLIP from scratch on ShapesWorld; return the model, its history and the seconds taken."""
     from .training import train
 
+    _check_config_and_recipe(config, recipe)
     torch.manual_seed(recipe.seed)
     world = ShapesWorld(seed=recipe.world_seed)
     pool = CaptionedPool(world, recipe.n_train, recipe.p_partial, recipe.p_grey, recipe.seed,
@@ -440,8 +563,6 @@ def train_clip(config: CLIPConfig, recipe: Recipe, device: str | torch.device = 
     if recipe.loss == "siglip":
         with torch.no_grad():
             model.logit_scale.fill_(math.log(10.0))        # SigLIP's initialisation of the scale: t = 10
-    elif recipe.loss != "clip":
-        raise ValueError(f"recipe.loss must be 'clip' or 'siglip', got {recipe.loss!r}")
 
     def loss_fn(step: int):
         images, ids = pool.batch(recipe.batch_size, config.max_length)
@@ -461,17 +582,17 @@ def train_clip(config: CLIPConfig, recipe: Recipe, device: str | torch.device = 
 
 def default_settings(budget: str = "cpu") -> tuple[CLIPConfig, Recipe]:
     """The configuration and recipe of chapter 2's CLIP for a budget (``"cpu"`` or ``"gpu"``)."""
+    budget = checks.choice(budget, "budget", ("cpu", "gpu"))
     if budget == "gpu":
         return CLIPConfig(patch_size=4, vision_dim=128, text_dim=128, embed_dim=128, vision_depth=4,
                           vision_heads=4), Recipe(steps=4000, batch_size=256, n_train=100_000)
-    if budget != "cpu":
-        raise ValueError(f"budget must be 'cpu' or 'gpu', got {budget!r}")
     return CLIPConfig(), Recipe()
 
 
 def build_clip(config: CLIPConfig, recipe: Recipe, name: str = "clip-shapes",
                device: str | torch.device = "cpu", verbose: bool = True) -> tuple[CLIP, Artifact]:
     """The trained CLIP for ``config`` and ``recipe``: from the cache, or trained now and cached."""
+    _check_config_and_recipe(config, recipe)
     key = {"model": config.to_dict(), "recipe": recipe.to_dict()}
 
     def build() -> Artifact:
@@ -514,10 +635,16 @@ def load_hf_clip(name_or_path: str = "openai/clip-vit-base-patch32", **kwargs):
     Returns ``(model, processor)``; the processor is ``None`` when the folder has none (e.g. a tiny
     model saved by a test). Raises ``OSError`` when the model cannot be found or downloaded.
     """
+    import os
+
     from transformers import CLIPModel, CLIPProcessor
 
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise ValueError(f"name_or_path must be a model name or a folder, got {name_or_path!r}")
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"name_or_path must be a model name or a folder, got {type(name_or_path).__name__}")
+    if not name_or_path:
+        raise ValueError("name_or_path must be a model name or a folder, got an empty string")
     model = CLIPModel.from_pretrained(name_or_path, **kwargs).eval()
     try:
         processor = CLIPProcessor.from_pretrained(name_or_path, **kwargs)
@@ -529,7 +656,23 @@ def load_hf_clip(name_or_path: str = "openai/clip-vit-base-patch32", **kwargs):
 @torch.no_grad()
 def hf_zero_shot(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Probabilities (N_images, N_texts) of a ``transformers`` CLIPModel, from its two projections."""
+    """Probabilities (N_images, N_texts) of a ``transformers`` CLIPModel, from its two projections.
+
+    ``pixel_values`` are what the model's processor returns (normalised, so not in [0, 1]);
+    ``input_ids`` and ``attention_mask`` (N_texts, L) come from its tokenizer.
+    """
+    if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
+        raise TypeError(f"model must be a transformers CLIPModel, got {type(model).__name__}")
+    dtype = next(model.parameters()).dtype
+    pixel_values = checks.images(pixel_values, "pixel_values", shape=(3, None, None), from_uint8=False).to(dtype)
+    for name, x in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if x is None and name == "attention_mask":
+            continue
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.dtype not in _INTEGER_DTYPES or x.numel() == 0:
+            raise ValueError(f"{name} must be a non-empty integer tensor (N_texts, L), got {_describe(x)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(attention_mask.shape)}")
     img = model.get_image_features(pixel_values=pixel_values).pooler_output     # (N, E)
     txt = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)

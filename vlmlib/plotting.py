@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from . import checks
+
 PLAIN_PROGRESS_ENV = "VLMLIB_PLAIN_PROGRESS"
 
 
@@ -57,6 +59,12 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     With ``VLMLIB_PLAIN_PROGRESS=1`` (set by the book build and the tests) it prints a few whole
     lines instead (at 25%, 50%, 75% and the end), so executed notebooks store readable output.
     """
+    if total is not None:
+        total = checks.integer(total, "total", minimum=0)
+    if not isinstance(desc, str):
+        raise TypeError(f"desc must be a string, got {desc!r}")
+    if iterable is not None and not hasattr(iterable, "__iter__"):
+        raise TypeError(f"iterable must be something to loop over (a range, a list...), got {type(iterable).__name__}")
     if os.environ.get(PLAIN_PROGRESS_ENV):
         if iterable is None:
             raise ValueError("plain progress needs an iterable")
@@ -77,7 +85,12 @@ def to_display(image) -> np.ndarray:
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
-        raise ValueError(f"expected an image of shape (H, W), (H, W, 3) or (3, H, W), got {image.shape}")
+        raise ValueError(f"expected an image of shape (H, W), (H, W, 3) or (3, H, W), got {image.shape}"
+                         + ("; that is a batch: show_images draws a batch, or pass images[0]" if image.ndim == 4 else ""))
+    if image.size == 0:
+        raise ValueError(f"expected an image, got an empty array of shape {image.shape}")
+    if image.dtype.kind not in "biuf":
+        raise TypeError(f"expected an image of numbers, got dtype {image.dtype}")
     if image.dtype.kind == "f" and image.min() < -0.01:
         image = (image + 1) / 2          # from [-1, 1]
     return np.clip(image, 0, 1) if image.dtype.kind == "f" else image
@@ -85,14 +98,28 @@ def to_display(image) -> np.ndarray:
 
 def show_images(images, captions: Sequence[str] | None = None, ncols: int = 8, size: float = 1.6,
                 title: str | None = None, wrap: int = 18, cmap: str | None = None):
-    """Draw images in a grid, each with its caption underneath. Returns the figure."""
+    """Draw images in a grid, each with its caption underneath. Returns the figure.
+
+    ``images`` is a batch (a tensor or array (N, ...)) or a list of images, each (H, W), (H, W, 3)
+    or (3, H, W); ``captions`` is a list with one string per image.
+    """
+    if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+        raise TypeError(f"images must be a batch (tensor or array) or a list of images, got {type(images).__name__}")
     images = list(images)
     if not images:
         raise ValueError("show_images needs at least one image")
-    if captions is not None and len(captions) != len(images):
-        raise ValueError(f"got {len(images)} images but {len(captions)} captions")
-    if not isinstance(ncols, int) or ncols < 1:
-        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    if captions is not None:
+        if isinstance(captions, (str, np.str_)):
+            raise TypeError(f"captions must be a list of strings, one per image, got one string {captions!r}; "
+                            "wrap it in a list")
+        captions = checks.text_list(captions, "captions")
+        if len(captions) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(captions)} captions")
+    ncols = checks.integer(ncols, "ncols", minimum=1)
+    wrap = checks.integer(wrap, "wrap", minimum=1)
+    size = checks.number(size, "size", low=0.0, low_open=True)
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None, got {title!r}")
     ncols = min(ncols, len(images))
     nrows = (len(images) + ncols - 1) // ncols
     lines = max((len(textwrap.wrap(c, wrap)) for c in captions), default=0) if captions else 0
@@ -117,10 +144,27 @@ def plot_curves(history: Mapping[str, Sequence[float]], xlabel: str = "step", ti
     Keys that contain ``loss`` share a panel; the others share a second panel. ``smooth`` averages
     over a moving window of that many points.
     """
+    if not isinstance(history, Mapping):
+        raise TypeError(f"history must be a dict of name -> list of values, got {type(history).__name__}")
     if not history:
         raise ValueError("history is empty: nothing to plot")
+    series = {}
+    for key, values in history.items():
+        if isinstance(values, torch.Tensor):
+            values = values.detach().cpu()
+        try:
+            y = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            raise TypeError(f"history[{key!r}] must be a list of numbers, got {type(values).__name__}") from None
+        if y.ndim != 1:
+            raise ValueError(f"history[{key!r}] must be a flat list of numbers, got shape {y.shape}")
+        series[str(key)] = y
+    if isinstance(logy, str):
+        logy = (logy,)
+    logy = [checks.choice(g, "logy[]", ("loss", "metric")) for g in checks.text_list(logy, "logy")]
+    smooth = checks.integer(smooth, "smooth", minimum=1)
     groups: dict[str, list[str]] = {}
-    for key in history:
+    for key in series:
         groups.setdefault("loss" if "loss" in key else "metric", []).append(key)
     if ax is None:
         fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.4), squeeze=False)
@@ -129,7 +173,7 @@ def plot_curves(history: Mapping[str, Sequence[float]], xlabel: str = "step", ti
         fig, axes = ax.figure, [ax] * len(groups)
     for a, (group, keys) in zip(axes, groups.items()):
         for key in keys:
-            y = np.asarray(history[key], dtype=float)
+            y = series[key]
             if smooth > 1 and len(y) > smooth:
                 y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
             a.plot(np.arange(len(y)), y, label=key)
@@ -148,9 +192,18 @@ def plot_curves(history: Mapping[str, Sequence[float]], xlabel: str = "step", ti
 def bar_chart(labels: Sequence[str], values: Sequence[float], title: str | None = None,
               highlight: int | None = None, xlabel: str = "probability", ax=None):
     """A horizontal bar chart, e.g. of class probabilities. Returns the axes."""
-    values = np.asarray(values, dtype=float)
+    labels = checks.text_list(labels, "labels")
+    values = _numbers(values, "values")
+    if values.ndim != 1:
+        raise ValueError(f"values must be a flat list of numbers, got shape {values.shape}")
     if len(labels) != len(values):
         raise ValueError(f"got {len(labels)} labels but {len(values)} values")
+    if not len(values):
+        raise ValueError("bar_chart needs at least one bar")
+    if not np.isfinite(values).all():
+        raise ValueError(f"values must be finite numbers, got {values.tolist()}")
+    if highlight is not None:
+        highlight = checks.integer(highlight, "highlight", minimum=0, maximum=len(values) - 1)
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 0.35 * len(labels) + 0.8))
     colours = ["tab:blue"] * len(values)
@@ -171,9 +224,16 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str | None 
 def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], title: str | None = None,
             ax=None, fmt: str = "{:.0f}", cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None):
     """Draw a matrix as a heatmap with its values written in the cells. Returns the axes."""
-    matrix = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
+    matrix = _numbers(matrix, "matrix", keep_dtype=True)
     if matrix.ndim != 2:
         raise ValueError(f"heatmap needs a 2-D matrix, got shape {matrix.shape}")
+    if matrix.size == 0:
+        raise ValueError(f"heatmap needs a non-empty matrix, got shape {matrix.shape}")
+    row_labels, col_labels = checks.text_list(row_labels, "row_labels"), checks.text_list(col_labels, "col_labels")
+    for name, value in (("vmin", vmin), ("vmax", vmax)):
+        if value is not None:
+            checks.number(value, name)
+    _check_format(fmt, "fmt", matrix.flat[0])
     if matrix.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"matrix of shape {matrix.shape} does not match {len(row_labels)} row and "
                          f"{len(col_labels)} column labels")
@@ -212,6 +272,10 @@ def table(rows: Mapping[str, Mapping[str, object]], formats: Mapping[str, str] |
     unknown = set(formats) - set(columns)
     if unknown:
         raise ValueError(f"formats name columns that no row has: {sorted(unknown)}; columns are {columns}")
+    for column, fmt in formats.items():
+        numbers = [r[column] for r in rows.values() if isinstance(r.get(column), (int, float, np.number))
+                   and not isinstance(r.get(column), bool)]
+        _check_format(fmt, f"formats[{column!r}]", numbers[0] if numbers else 0.5)
     pad = "padding:0.2em 0.7em"
 
     def cell(column, value):
@@ -226,6 +290,31 @@ def table(rows: Mapping[str, Mapping[str, object]], formats: Mapping[str, str] |
     body = "".join(f'<tr><td style="{pad}">{escape(str(name))}</td>' + "".join(cell(c, r.get(c)) for c in columns)
                    + "</tr>" for name, r in rows.items())
     return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _numbers(values, name: str, keep_dtype: bool = False) -> np.ndarray:
+    """A float array (or, with ``keep_dtype``, an array of numbers) from a list, an array or a tensor."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must be numbers, got the string {values!r}")
+    try:
+        array = np.asarray(values) if keep_dtype else np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numbers (a list, an array or a tensor), got {str(values)[:80]}")
+    return array
+
+
+def _check_format(fmt, name: str, example) -> None:
+    """``fmt`` is a format string such as ``"{:.2f}"`` that can format ``example``."""
+    if not isinstance(fmt, str):
+        raise TypeError(f"{name} must be a format string such as '{{:.2f}}', got {fmt!r}")
+    try:
+        fmt.format(example)
+    except (ValueError, IndexError, KeyError, TypeError) as err:
+        raise ValueError(f"{name} must be a format string such as '{{:.2f}}' for one number, got {fmt!r} ({err})") from None
 
 
 def animation_html(anim):

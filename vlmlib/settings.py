@@ -18,6 +18,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from . import checks
+
 BUDGETS = ("cpu", "gpu")
 BUDGET_ENV = "VLMLIB_BUDGET"
 
@@ -31,6 +33,11 @@ class RunSettings:
     seed: int
     device: torch.device
     budget: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "seed", checks.integer(self.seed, "seed", minimum=0))
+        object.__setattr__(self, "device", _device(self.device))
+        object.__setattr__(self, "budget", checks.choice(self.budget, "budget", BUDGETS))
 
     def pick(self, cpu: T, gpu: T) -> T:
         """Return ``cpu`` or ``gpu`` according to the budget, e.g. ``settings.pick(cpu=800, gpu=5000)``."""
@@ -49,8 +56,10 @@ class RunSettings:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's random number generators."""
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    try:
+        seed = checks.integer(seed, "seed", minimum=0)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"seed must be a non-negative integer, got {seed!r}") from None
     random.seed(int(seed))
     np.random.seed(int(seed) % 2**32)
     torch.manual_seed(int(seed))
@@ -61,8 +70,21 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _device(device) -> torch.device:
+    """A torch.device from a device or a name such as ``"cpu"`` or ``"cuda"``."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a torch.device or a name such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be a name such as 'cpu', 'cuda' or 'cuda:0', got {device!r}") from None
+
+
 def budget_for(device: torch.device) -> str:
-    """The budget for ``device``, unless ``VLMLIB_BUDGET`` forces one."""
+    """The budget for ``device`` (a ``torch.device`` or its name), unless ``VLMLIB_BUDGET`` forces one."""
+    device = _device(device)
     forced = os.environ.get(BUDGET_ENV, "").strip().lower()
     if forced:
         if forced not in BUDGETS:
@@ -82,7 +104,9 @@ def setup(seed: int = 0, device: str | torch.device | None = None, verbose: bool
     """
     global _current
     seed_everything(seed)
-    dev = torch.device(device) if device is not None else default_device()
+    if not isinstance(verbose, (bool, np.bool_)):
+        raise TypeError(f"verbose must be True or False, got {verbose!r}")
+    dev = _device(device) if device is not None else default_device()
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for, but torch sees no CUDA GPU; use device=None to pick automatically")
     settings = RunSettings(seed=int(seed), device=dev, budget=budget_for(dev))

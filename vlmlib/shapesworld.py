@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from . import checks
+
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.16, 0.14),
     "green": (0.16, 0.74, 0.22),
@@ -71,6 +73,20 @@ class Shape:
     y: float
     radius: float
 
+    def __post_init__(self):
+        # A fast test first: ShapesWorld.sample makes one Shape per drawn shape.
+        if (type(self.colour) is str and type(self.kind) is str and type(self.size) is str
+                and type(self.position) is str and self.colour in COLOURS and self.kind in _KIND_SET
+                and self.size in _SIZE_SET and self.position in POSITION_PHRASES and type(self.x) is float and type(self.y) is float
+                and type(self.radius) is float and self.radius > 0):
+            return
+        for name, options in (("colour", COLOUR_NAMES), ("kind", KINDS), ("size", SIZES), ("position", POSITIONS)):
+            object.__setattr__(self, name, checks.choice(getattr(self, name), f"Shape.{name}", options))
+        for name in ("x", "y", "radius"):
+            object.__setattr__(self, name, checks.number(getattr(self, name), f"Shape.{name}"))
+        if self.radius <= 0:
+            raise ValueError(f"Shape.radius must be > 0, got {self.radius}")
+
     @property
     def name(self) -> str:
         return f"{self.size} {self.colour} {self.kind}"
@@ -78,8 +94,8 @@ class Shape:
 
 def position_name(x: float, y: float, image_size: int) -> str:
     """The grid cell (one of :data:`POSITIONS`) that holds pixel ``(x, y)``; x grows right, y down."""
-    if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    image_size = checks.integer(image_size, "image_size", minimum=1)
+    x, y = checks.number(x, "x"), checks.number(y, "y")
     if not (0 <= x < image_size and 0 <= y < image_size):
         raise ValueError(f"(x, y) must lie inside the image [0, {image_size}), got ({x}, {y})")
     col = min(int(3 * x / image_size), 2)
@@ -87,17 +103,40 @@ def position_name(x: float, y: float, image_size: int) -> str:
     return POSITIONS[3 * row + col]
 
 
-def _check_choice(value: str, options: Sequence[str], what: str) -> None:
-    if value not in options:
-        raise ValueError(f"unknown {what} {value!r}; expected one of {list(options)}")
+def _check_choice(value: str, options: Sequence[str], what: str) -> str:
+    try:
+        return checks.choice(value, what, options)
+    except ValueError:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {list(options)}") from None
+
+
+def _check_scene(shapes, name: str = "shapes") -> list[Shape]:
+    """One scene: a non-empty list of at most 4 :class:`Shape` (``data.shapes[i]``)."""
+    if isinstance(shapes, Shape):
+        raise TypeError(f"{name} must be a list of Shape (one scene, e.g. data.shapes[i]), got one Shape; "
+                        "wrap it in a list")
+    if not isinstance(shapes, (list, tuple)):
+        raise TypeError(f"{name} must be a list of Shape (one scene, e.g. data.shapes[i]), got {type(shapes).__name__}")
+    bad = [i for i, s in enumerate(shapes) if not isinstance(s, Shape)]
+    if bad:
+        raise TypeError(f"{name} must hold Shape objects; item {bad[0]} is {type(shapes[bad[0]]).__name__}")
+    if not 1 <= len(shapes) <= len(NUMBER_WORDS) - 1:
+        raise ValueError(f"{name} must hold 1 to {len(NUMBER_WORDS) - 1} shapes (one scene), got {len(shapes)}")
+    return list(shapes)
+
+
+def _check_rng(rng) -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    return rng
 
 
 def caption(shapes: Sequence[Shape], style: str = "full") -> str:
     """A caption for a scene. ``style='full'`` names every attribute; ``'short'`` leaves out the size."""
-    if style not in ("full", "short"):
-        raise ValueError(f"style must be 'full' or 'short', got {style!r}")
-    if len(shapes) == 0:
+    style = checks.choice(style, "style", ("full", "short"))
+    if isinstance(shapes, (list, tuple)) and len(shapes) == 0:
         raise ValueError("a scene needs at least one shape to be captioned")
+    shapes = _check_scene(shapes)
     parts = []
     for s in shapes:
         words = [s.size, s.colour, s.kind] if style == "full" else [s.colour, s.kind]
@@ -117,6 +156,7 @@ _TEMPLATES = (
 
 def varied_caption(shapes: Sequence[Shape], rng: np.random.Generator) -> str:
     """A caption drawn from several templates; some leave out the size or the position."""
+    shapes, rng = _check_scene(shapes), _check_rng(rng)
     parts = []
     for s in shapes:
         t = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
@@ -126,7 +166,8 @@ def varied_caption(shapes: Sequence[Shape], rng: np.random.Generator) -> str:
 
 def questions(shapes: Sequence[Shape], rng: np.random.Generator | None = None) -> list[tuple[str, str]]:
     """Question–answer pairs about a scene, answerable from the image alone."""
-    rng = rng if rng is not None else np.random.default_rng(0)
+    shapes = _check_scene(shapes)
+    rng = _check_rng(rng) if rng is not None else np.random.default_rng(0)
     qa: list[tuple[str, str]] = [("how many shapes are there?", NUMBER_WORDS[len(shapes)])]
     kinds, colours = [s.kind for s in shapes], [s.colour for s in shapes]
     pairs = [(s.colour, s.kind) for s in shapes]
@@ -177,6 +218,21 @@ class ShapesData:
     split: str
     captions: list[str] = field(default_factory=list)
 
+    def __post_init__(self):
+        if not isinstance(self.images, np.ndarray) or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise ValueError(f"ShapesData.images must be an array (N, H, W, 3), got "
+                             f"{getattr(self.images, 'shape', type(self.images).__name__)}")
+        n = len(self.images)
+        if not isinstance(self.shapes, list) or len(self.shapes) != n:
+            raise ValueError(f"ShapesData.shapes must be a list with one scene per image ({n}), got "
+                             f"{len(self.shapes) if isinstance(self.shapes, list) else type(self.shapes).__name__}")
+        if not isinstance(self.labels, dict) or any(len(v) != n for v in self.labels.values()):
+            raise ValueError(f"ShapesData.labels must map attribute names to one label per image ({n})")
+        self.split = _check_choice(self.split, SPLITS, "split")
+        if self.captions and len(self.captions) != n:
+            raise ValueError(f"ShapesData.captions must be empty or hold one caption per image ({n}), "
+                             f"got {len(self.captions)}")
+
     def __len__(self) -> int:
         return len(self.images)
 
@@ -204,18 +260,20 @@ class ShapesWorld:
 
     def __init__(self, image_size: int = 32, max_shapes: int = 1, noise: float = 0.03,
                  held_out: Iterable[tuple[str, str]] = HELD_OUT, seed: int = 0):
-        if not isinstance(image_size, (int, np.integer)) or image_size < 16:
-            raise ValueError(f"image_size must be an integer of at least 16, got {image_size!r}")
-        if not isinstance(max_shapes, (int, np.integer)) or not 1 <= max_shapes <= 4:
-            raise ValueError(f"max_shapes must be an integer from 1 to 4, got {max_shapes!r}")
-        if not (isinstance(noise, (int, float)) and 0 <= noise <= 0.5):
-            raise ValueError(f"noise must be a number in [0, 0.5], got {noise!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        held = tuple((str(c), str(k)) for c, k in held_out)
-        for c, k in held:
-            _check_choice(c, COLOUR_NAMES, "colour")
-            _check_choice(k, KINDS, "kind")
+        try:
+            image_size = checks.integer(image_size, "image_size", minimum=16)
+        except (TypeError, ValueError):
+            raise ValueError(f"image_size must be an integer of at least 16, got {image_size!r}") from None
+        try:
+            max_shapes = checks.integer(max_shapes, "max_shapes", minimum=1, maximum=4)
+        except (TypeError, ValueError):
+            raise ValueError(f"max_shapes must be an integer from 1 to 4, got {max_shapes!r}") from None
+        try:
+            noise = checks.number(noise, "noise", low=0.0, high=0.5)
+        except (TypeError, ValueError):
+            raise ValueError(f"noise must be a number in [0, 0.5], got {noise!r}") from None
+        seed = checks.integer(seed, "seed", minimum=0)
+        held = _check_held_out(held_out)
         self.image_size, self.max_shapes, self.noise, self.seed = int(image_size), int(max_shapes), float(noise), int(seed)
         self.held_out = held
         all_combos = [(ci, ki) for ci in range(len(COLOUR_NAMES)) for ki in range(len(KINDS))]
@@ -238,7 +296,8 @@ class ShapesWorld:
                 f"held_out={len(self.held_out)} pairs, seed={self.seed})")
 
     def is_held_out(self, colour: str, kind: str) -> bool:
-        return (colour, kind) in self.held_out
+        """Whether the pair ``(colour, kind)`` is kept out of the training split."""
+        return (_check_choice(colour, COLOUR_NAMES, "colour"), _check_choice(kind, KINDS, "kind")) in self.held_out
 
     def combos(self, split: str) -> list[tuple[str, str]]:
         """The colour–kind pairs that a split draws from."""
@@ -251,13 +310,16 @@ class ShapesWorld:
 
         ``captions`` is ``'full'``, ``'short'``, ``'varied'`` or ``None`` (no captions).
         """
-        if not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        _check_choice(split, SPLITS, "split")
-        if captions not in ("full", "short", "varied", None):
-            raise ValueError(f"captions must be 'full', 'short', 'varied' or None, got {captions!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        try:
+            n = checks.integer(n, "n", minimum=0)
+        except (TypeError, ValueError):
+            raise ValueError(f"n must be a non-negative integer, got {n!r}") from None
+        split = _check_choice(split, SPLITS, "split")
+        try:
+            captions = checks.choice(captions, "captions", ("full", "short", "varied", None))
+        except ValueError:
+            raise ValueError(f"captions must be 'full', 'short', 'varied' or None, got {captions!r}") from None
+        seed = checks.integer(seed, "seed", minimum=0)
         rng = np.random.default_rng([self.seed, _SPLIT_STREAM[split], int(seed)])
         n = int(n)
         S, K = self.image_size, self.max_shapes
@@ -317,6 +379,28 @@ class ShapesWorld:
         if self.noise > 0:
             img += rng.normal(0.0, self.noise, img.shape).astype(np.float32)
         return np.clip(img, 0.0, 1.0, out=img)
+
+
+def _check_held_out(held_out) -> tuple[tuple[str, str], ...]:
+    """``held_out`` as a tuple of known (colour, kind) pairs; a string or a flat list is refused."""
+    example = "held_out=[('red', 'circle')]"
+    if isinstance(held_out, (str, np.str_)):
+        raise TypeError(f"held_out must be a list of (colour, kind) pairs such as {example}, got the string {held_out!r}")
+    try:
+        items = list(held_out)
+    except TypeError:
+        raise TypeError(f"held_out must be a list of (colour, kind) pairs such as {example}, "
+                        f"got {type(held_out).__name__}") from None
+    pairs = []
+    for i, pair in enumerate(items):
+        if isinstance(pair, (str, np.str_)) or not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"held_out must be a list of (colour, kind) pairs such as {example}; "
+                             f"item {i} is {pair!r}")
+        pairs.append((_check_choice(pair[0], COLOUR_NAMES, "colour"), _check_choice(pair[1], KINDS, "kind")))
+    return tuple(pairs)
+
+
+_KIND_SET, _SIZE_SET = frozenset(KINDS), frozenset(SIZES)
 
 
 # Signed distance (in pixels, positive inside) of each kind, centred on (0, 0) with "radius" r.

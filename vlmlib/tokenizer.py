@@ -13,13 +13,19 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from . import checks
 from .shapesworld import vocabulary
 
 PAD, UNK, BOS, EOS, MASK, IMAGE = "[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]", "<image>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, BOS, EOS, MASK, IMAGE)
+
+
+# Split on spaces and keep punctuation ("circle?" -> "circle", "?") as its own token.
+_PRE_TOKENIZER = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
 
 
 def _build_backend(extra_words: tuple[str, ...]) -> Tokenizer:
@@ -27,8 +33,7 @@ def _build_backend(extra_words: tuple[str, ...]) -> Tokenizer:
     vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
-    # Split on spaces and keep punctuation ("circle?" -> "circle", "?") as its own token.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.pre_tokenizer = _PRE_TOKENIZER
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A {EOS}",
         pair=f"{BOS} $A {EOS} $B:1 {EOS}:1",
@@ -43,11 +48,18 @@ def shapes_tokenizer(extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFa
 
     Its ids are fixed (special tokens first, then :func:`vlmlib.shapesworld.vocabulary`), so a
     model trained with it in one notebook reads the same ids in another. ``extra_words`` appends
-    more words to the vocabulary (a tuple, so the result can be cached).
+    more words to the vocabulary (a tuple or a list of lower-case words, each one token: no spaces or
+    punctuation, which the tokenizer would split off).
     """
-    if not isinstance(extra_words, tuple) or not all(isinstance(w, str) and w and w.split() == [w] for w in extra_words):
-        raise ValueError(f"extra_words must be a tuple of non-empty words without spaces, got {extra_words!r}")
-    return _tokenizer(extra_words)
+    if isinstance(extra_words, (str, np.str_)) or not isinstance(extra_words, (tuple, list)):
+        raise TypeError(f"extra_words must be a tuple of words, e.g. ('hello',), got {extra_words!r}")
+    words = tuple(str(w) for w in checks.text_list(extra_words, "extra_words"))
+    split = _PRE_TOKENIZER.pre_tokenize_str
+    bad = [w for w in words if [piece for piece, _ in split(w)] != [w] or w != w.lower()]
+    if bad:
+        raise ValueError(f"extra_words must be a tuple of non-empty lower-case words without spaces or "
+                         f"punctuation (the tokenizer lowercases text and splits it there), got {bad!r}")
+    return _tokenizer(words)
 
 
 @lru_cache(maxsize=8)

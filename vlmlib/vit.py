@@ -15,9 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from . import checks
 
 
 @dataclass
@@ -35,9 +38,8 @@ class ViTConfig:
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "channels", "dim", "depth", "heads", "mlp_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ViTConfig.{name} must be a positive integer, got {value!r}")
+            setattr(self, name, checks.integer(getattr(self, name), f"ViTConfig.{name}", minimum=1))
+        self.pos_embedding = _boolean(self.pos_embedding, "ViTConfig.pos_embedding")
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
         if self.dim % self.heads:
@@ -51,22 +53,46 @@ class ViTConfig:
         return asdict(self)
 
 
-def _check_images(images: torch.Tensor, what: str = "images") -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{what} must be a tensor of shape (B, C, H, W), got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(f"{what} must have shape (B, C, H, W), got shape {tuple(images.shape)}")
+def _boolean(value, name: str) -> bool:
+    """True or False (NumPy's bool accepted); anything else, such as the string 'no', is refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_tokens(x, name: str, dim: int, weight: torch.Tensor) -> None:
+    """A light check of a layer's input (B, L, D): no pass over the values, so it costs nothing per step."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of shape (B, L, {dim}), got {type(x).__name__}")
+    if x.ndim != 3 or x.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape (B, L, {dim}), got {tuple(x.shape)}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights are {weight.dtype}; "
+                        f"convert one of them (x.to({weight.dtype}) or layer.to({x.dtype}))")
+
+
+def _model_images(images, checked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The checked images in the model's dtype (a float64 batch stays exact for a model made .double())."""
+    if isinstance(images, torch.Tensor) and images.dtype == dtype:
+        return images
+    return checked.to(dtype)
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Cut images into non-overlapping P×P patches and flatten each one.
 
     (B, C, H, W) -> (B, N, C·P·P), with N = HW/P². Patches are numbered row by row, and each patch
-    is flattened in (C, P, P) order: all of its red values, then green, then blue.
+    is flattened in (C, P, P) order: all of its red values, then green, then blue. Only a
+    rearrangement: any dtype is kept as it is.
     """
-    _check_images(images)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got shape {tuple(images.shape)}"
+                         + ("; add a batch dimension with x[None]" if images.ndim == 3 else ""))
     B, C, H, W = images.shape
-    if not isinstance(patch_size, int) or patch_size < 1 or H % patch_size or W % patch_size:
+    patch_size = checks.integer(patch_size, "patch_size", minimum=1)
+    if H % patch_size or W % patch_size:
         raise ValueError(f"patch_size must be a positive integer dividing H={H} and W={W}, got {patch_size!r}")
     P = patch_size
     x = images.reshape(B, C, H // P, P, W // P, P)        # (B, C, rows, P, cols, P)
@@ -76,8 +102,12 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3) -> torch.Tensor:
     """The inverse of :func:`patchify` for square images: (B, N, C·P·P) -> (B, C, H, W)."""
-    if not isinstance(patches, torch.Tensor) or patches.ndim != 3:
-        raise ValueError(f"patches must be a tensor of shape (B, N, C·P·P), got {getattr(patches, 'shape', patches)}")
+    if not isinstance(patches, torch.Tensor):
+        raise TypeError(f"patches must be a tensor of shape (B, N, C·P·P), got {type(patches).__name__}")
+    if patches.ndim != 3:
+        raise ValueError(f"patches must have shape (B, N, C·P·P), got {tuple(patches.shape)}")
+    patch_size = checks.integer(patch_size, "patch_size", minimum=1)
+    channels = checks.integer(channels, "channels", minimum=1)
     B, N, D = patches.shape
     side = math.isqrt(N)
     if side * side != N or D != channels * patch_size ** 2:
@@ -92,10 +122,16 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, patch_size: int, channels: int, dim: int, bias: bool = True):
         super().__init__()
-        self.patch_size = patch_size
+        self.patch_size = patch_size = checks.integer(patch_size, "patch_size", minimum=1)
+        channels = checks.integer(channels, "channels", minimum=1)
+        dim, bias = checks.integer(dim, "dim", minimum=1), _boolean(bias, "bias")
         self.proj = nn.Linear(channels * patch_size * patch_size, dim, bias=bias)   # E
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float images -> (B, N, D) tokens; float64 or uint8 (0–255) images are converted."""
+        C = self.proj.in_features // self.patch_size ** 2
+        checked = checks.images(images, "images", shape=(C, None, None), from_uint8=True)
+        images = _model_images(images, checked, self.proj.weight.dtype)
         return self.proj(patchify(images, self.patch_size))                          # (B, N, D)
 
     def as_conv(self) -> nn.Conv2d:
@@ -112,15 +148,40 @@ class PatchEmbedding(nn.Module):
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(QKᵀ/√d) V. Shapes (..., L, d); returns the output and the attention weights (..., L, L).
+    """softmax(QKᵀ/√d + M) V. Shapes (..., L, d); returns the output and the attention weights (..., L, L).
 
-    ``mask`` (broadcastable to (..., L, L)) is True where attention is allowed.
+    ``mask`` (broadcastable to (..., L, L)) is either boolean, True where attention is allowed, or
+    float, added to the scores (0 where allowed, −inf where not), as in
+    ``torch.nn.functional.scaled_dot_product_attention``. A query that may attend to nothing gets NaN.
     """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor of shape (..., L, d), got {type(x).__name__}")
+        if x.ndim < 2 or not x.is_floating_point():
+            raise ValueError(f"{name} must be a float tensor of shape (..., L, d), got shape "
+                             f"{tuple(x.shape)} and dtype {x.dtype}")
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: "
+                         "q and k need the same d, k and v the same length")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k and v must have one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])     # (..., L, L)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a tensor (bool: True where allowed; float: added to the scores), "
+                            f"got {type(mask).__name__}")
+        try:
+            torch.broadcast_shapes(mask.shape, scores.shape)
+        except RuntimeError:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores "
+                             f"{tuple(scores.shape)}") from None
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        elif mask.is_floating_point():
+            scores = scores + mask
+        else:
+            raise TypeError(f"mask must be bool (True where allowed) or float (added to the scores), "
+                            f"got dtype {mask.dtype}")
     weights = scores.softmax(dim=-1)
     return weights @ v, weights
 
@@ -130,12 +191,16 @@ class MultiHeadSelfAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.heads = heads
+        dim, heads = checks.integer(dim, "dim", minimum=1), checks.integer(heads, "heads", minimum=1)
+        if dim % heads:
+            raise ValueError(f"heads must divide dim (each head gets dim / heads features), got dim={dim}, heads={heads}")
+        self.dim, self.heads = dim, heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.last_attention: torch.Tensor | None = None          # (B, h, L, L), kept for plots
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_tokens(x, "x", self.dim, self.qkv.weight)
         B, L, D = x.shape
         q, k, v = self.qkv(x).reshape(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, L, d)
         y, weights = scaled_dot_product_attention(q, k, v, mask)
@@ -144,11 +209,17 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """Two linear layers with a GELU between them: (..., dim) -> (..., dim)."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
+        dim, hidden = checks.integer(dim, "dim", minimum=1), checks.integer(hidden, "hidden", minimum=1)
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.fc1.in_features:
+            raise ValueError(f"x must be a tensor of shape (..., {self.fc1.in_features}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         return self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -157,10 +228,12 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int):
         super().__init__()
+        mlp_ratio = checks.integer(mlp_ratio, "mlp_ratio", minimum=1)
         self.ln1, self.attn = nn.LayerNorm(dim), MultiHeadSelfAttention(dim, heads)
         self.ln2, self.mlp = nn.LayerNorm(dim), MLP(dim, mlp_ratio * dim)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_tokens(z, "z", self.attn.dim, self.ln1.weight)
         z = z + self.attn(self.ln1(z), mask)      # z′_ℓ = MSA(LN(z_{ℓ−1})) + z_{ℓ−1}
         return z + self.mlp(self.ln2(z))          # z_ℓ  = MLP(LN(z′_ℓ)) + z′_ℓ
 
@@ -183,13 +256,15 @@ class ViT(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Eq. 1: z₀ = [x_class; x_p¹E; …; x_pᴺE] + E_pos, shape (B, N+1, D)."""
-        _check_images(images)
+        """Eq. 1: z₀ = [x_class; x_p¹E; …; x_pᴺE] + E_pos, shape (B, N+1, D).
+
+        ``images`` (B, C, H, W) are float, as the book's images in [0, 1]; float64 images are made
+        float32 and uint8 images (0–255) are scaled to [0, 1]. NaN or infinite pixels are refused.
+        """
         c = self.config
-        if tuple(images.shape[1:]) != (c.channels, c.image_size, c.image_size):
-            raise ValueError(f"expected images of shape (B, {c.channels}, {c.image_size}, {c.image_size}), "
-                             f"got {tuple(images.shape)}")
-        tokens = self.patch_embed(images)                                    # (B, N, D)
+        checked = checks.images(images, "images", shape=(c.channels, c.image_size, c.image_size), from_uint8=True)
+        images = _model_images(images, checked, self.cls_token.dtype)
+        tokens = self.patch_embed.proj(patchify(images, c.patch_size))       # (B, N, D): x_pⁱE, checked once above
         cls = self.cls_token.expand(len(images), -1, -1)                     # (B, 1, D)
         z = torch.cat([cls, tokens], dim=1)                                  # (B, N+1, D)
         return z + self.pos_embed if self.pos_embed is not None else z
@@ -214,8 +289,14 @@ class ViTClassifier(nn.Module):
 
     def __init__(self, config: ViTConfig, classes: dict[str, int]):
         super().__init__()
-        if not classes or not all(isinstance(n, int) and n > 1 for n in classes.values()):
-            raise ValueError(f"classes must map attribute names to class counts > 1, got {classes!r}")
+        if not isinstance(classes, dict) or not classes:
+            raise TypeError(f"classes must be a non-empty dict of attribute name -> class count, got {classes!r}")
+        if not all(isinstance(k, str) and k for k in classes):
+            raise ValueError(f"classes must map attribute names (strings) to class counts, got keys {list(classes)}")
+        try:
+            classes = {k: checks.integer(n, f"classes[{k!r}]", minimum=2) for k, n in classes.items()}
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"classes must map attribute names to class counts > 1: {err}") from None
         self.vit = ViT(config)
         self.heads = nn.ModuleDict({name: nn.Linear(config.dim, n) for name, n in classes.items()})
 
