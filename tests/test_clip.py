@@ -188,3 +188,45 @@ def test_siglip_bias_starts_at_minus_log_batch_unless_given():
         recipe = C.Recipe(steps=2, batch_size=16, n_train=200, lr=1e-9, loss="siglip", siglip_bias=given)
         _, history, _ = C.train_clip(config, recipe)
         assert math.isclose(history["bias"][0], expected, abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_text_encoder_equals_transformers_clip_text_model_pooled_at_eos(dtype, atol):
+    """Our text transformer and its [EOS] pooling against CLIPTextModel with copied weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    config = C.CLIPConfig(patch_size=8, text_dim=32, text_depth=2, text_heads=4, max_length=16)
+    ours = C.CLIP(config).text_encoder.eval()
+    with torch.no_grad():                      # off the initial values: zero biases and unit gains hide mistakes
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    tok = C.shapes_tokenizer()
+    hf = CLIPTextModel(CLIPTextConfig(
+        vocab_size=config.vocab_size, hidden_size=config.text_dim, intermediate_size=config.mlp_ratio * config.text_dim,
+        num_hidden_layers=config.text_depth, num_attention_heads=config.text_heads,
+        max_position_embeddings=config.max_length, hidden_act="gelu", layer_norm_eps=ours.norm.eps,
+        bos_token_id=tok.bos_token_id, eos_token_id=config.eos_id, pad_token_id=config.pad_id,
+        attn_implementation="sdpa")).eval()    # (the eager path takes the softmax in float32)
+    D = config.text_dim
+    with torch.no_grad():
+        hf.embeddings.token_embedding.weight.copy_(ours.token_embed.weight)
+        hf.embeddings.position_embedding.weight.copy_(ours.pos_embed[0])
+        for block, layer in zip(ours.blocks, hf.encoder.layers, strict=True):
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):          # our qkv rows: q, k, v
+                getattr(layer.self_attn, name).weight.copy_(block.attn.qkv.weight[i * D:(i + 1) * D])
+                getattr(layer.self_attn, name).bias.copy_(block.attn.qkv.bias[i * D:(i + 1) * D])
+            layer.self_attn.out_proj.load_state_dict(block.attn.out.state_dict())
+            layer.layer_norm1.load_state_dict(block.ln1.state_dict())
+            layer.layer_norm2.load_state_dict(block.ln2.state_dict())
+            layer.mlp.fc1.load_state_dict(block.mlp.fc1.state_dict())
+            layer.mlp.fc2.load_state_dict(block.mlp.fc2.state_dict())
+        hf.final_layer_norm.load_state_dict(ours.norm.state_dict())
+    ours, hf = ours.to(dtype), hf.to(dtype)
+    ids = C.tokenize(["a red circle", "there is a large blue square on the left", "a shape",
+                      "at the top right there is a green cross"])               # [EOS] at different places
+    with torch.no_grad():
+        theirs = hf(input_ids=ids).pooler_output                                 # causal mask, read at the first [EOS]
+        mine = ours(ids)
+    assert mine.dtype == dtype and mine.shape == theirs.shape == (4, D)
+    assert torch.allclose(mine, theirs, atol=atol, rtol=0), (mine - theirs).abs().max()

@@ -125,3 +125,67 @@ def test_chapter_1_checks_accept_solutions_and_reject_mistakes():
     assert ch01.check_attention(lambda q, k, v: F.scaled_dot_product_attention(q, k, v))
     naive = lambda q, k, v: (torch.exp(q @ k.transpose(-2, -1)) / torch.exp(q @ k.transpose(-2, -1)).sum(-1, keepdim=True)) @ v
     assert not ch01.check_attention(naive)                             # forgot the 1/sqrt(d)
+
+
+def _copy_vit_into_transformers(ours: ViT) -> ViTModel:
+    """A transformers ViTModel with our weights: the same equations, written by someone else."""
+    c = ours.config
+    hf = ViTModel(HFViTConfig(image_size=c.image_size, patch_size=c.patch_size, num_channels=c.channels,
+                              hidden_size=c.dim, num_hidden_layers=c.depth, num_attention_heads=c.heads,
+                              intermediate_size=c.mlp_ratio * c.dim, hidden_act="gelu",
+                              layer_norm_eps=ours.norm.eps,             # HF's default is 1e-12, ours 1e-5
+                              # HF's eager attention takes the softmax in float32 even in float64
+                              attn_implementation="sdpa"), add_pooling_layer=False)
+    D = c.dim
+    with torch.no_grad():
+        e = hf.embeddings
+        e.patch_embeddings.projection.weight.copy_(ours.patch_embed.as_conv().weight)
+        e.patch_embeddings.projection.bias.copy_(ours.patch_embed.proj.bias)
+        e.cls_token.copy_(ours.cls_token)
+        e.position_embeddings.copy_(ours.pos_embed)
+        assert len(hf.layers) == len(ours.blocks)
+        for block, layer in zip(ours.blocks, hf.layers):
+            qkv_w, qkv_b = block.attn.qkv.weight, block.attn.qkv.bias          # rows: q (D), k (D), v (D)
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                getattr(layer.attention, name).weight.copy_(qkv_w[i * D:(i + 1) * D])
+                getattr(layer.attention, name).bias.copy_(qkv_b[i * D:(i + 1) * D])
+            layer.attention.o_proj.load_state_dict(block.attn.out.state_dict())
+            layer.layernorm_before.load_state_dict(block.ln1.state_dict())
+            layer.layernorm_after.load_state_dict(block.ln2.state_dict())
+            layer.mlp.fc1.load_state_dict(block.mlp.fc1.state_dict())
+            layer.mlp.fc2.load_state_dict(block.mlp.fc2.state_dict())
+        hf.layernorm.load_state_dict(ours.norm.state_dict())
+    return hf.eval()
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_whole_vit_equals_transformers_vit_with_copied_weights(dtype, atol):
+    torch.manual_seed(0)
+    ours = ViT(ViTConfig(image_size=32, patch_size=4, dim=64, depth=3, heads=4, mlp_ratio=2)).eval()
+    with torch.no_grad():                      # move the parameters off their initial values (zero biases, unit gains)
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    hf = _copy_vit_into_transformers(ours)
+    ours, hf = ours.to(dtype), hf.to(dtype)
+    x = torch.rand(3, 3, 32, 32, dtype=dtype)
+    with torch.no_grad():
+        theirs = hf(pixel_values=x).last_hidden_state                        # (B, N+1, D), after the final LN
+        mine = ours(x)
+    assert mine.dtype == dtype and mine.shape == theirs.shape == (3, 65, 64)
+    assert torch.allclose(mine, theirs, atol=atol, rtol=0), (mine - theirs).abs().max()
+    assert torch.allclose(ours.features(x), theirs[:, 0], atol=atol, rtol=0)   # y = LN(z_L⁰), Eq. 4
+
+
+def test_friendly_image_conversions_give_the_float32_result():
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig()).eval()
+    x = torch.rand(2, 3, 32, 32)
+    pixels = (x * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(vit(x.double()), vit(x.double().float()))          # float64 -> float32
+        assert torch.equal(vit(pixels), vit(pixels.float() / 255))           # uint8 0..255 -> [0, 1]
+        assert torch.equal(vit(x.permute(0, 2, 3, 1).numpy().transpose(0, 3, 1, 2)), vit(x))   # NumPy arrays
+    with pytest.raises(ValueError, match="channels-last"):
+        vit(x.permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="NaN"):
+        vit(torch.full((1, 3, 32, 32), float("nan")))
