@@ -97,7 +97,8 @@ def labels(value: Any, name: str, classes: int, length: int | None = None) -> to
     """Integer class indices in [0, classes) as a 1-D int64 tensor (lists and arrays accepted)."""
     if isinstance(value, (list, tuple, np.ndarray)):
         try:
-            value = torch.as_tensor(np.asarray(value))
+            array = np.asarray(value)
+            value = torch.as_tensor(array if array.size else array.astype(np.int64))   # [] has no dtype of its own
         except (TypeError, ValueError):
             raise TypeError(f"{name} must be integer class indices, got {_given(value)}") from None
     if not isinstance(value, torch.Tensor):

@@ -155,7 +155,7 @@ def plot_curves(history: Mapping[str, Sequence[float]], xlabel: str = "step", ti
         try:
             y = np.asarray(values, dtype=float)
         except (TypeError, ValueError):
-            raise TypeError(f"history[{key!r}] must be a list of numbers, got {type(values).__name__}") from None
+            raise TypeError(f"history[{key!r}] must be a list of numbers, got {str(values)[:60]}") from None
         if y.ndim != 1:
             raise ValueError(f"history[{key!r}] must be a flat list of numbers, got shape {y.shape}")
         series[str(key)] = y

@@ -103,10 +103,10 @@ def setup(seed: int = 0, device: str | torch.device | None = None, verbose: bool
     >>> steps = settings.pick(cpu=600, gpu=4000)   # doctest: +SKIP
     """
     global _current
-    seed_everything(seed)
     if not isinstance(verbose, (bool, np.bool_)):
         raise TypeError(f"verbose must be True or False, got {verbose!r}")
     dev = _device(device) if device is not None else default_device()
+    seed_everything(seed)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for, but torch sees no CUDA GPU; use device=None to pick automatically")
     settings = RunSettings(seed=int(seed), device=dev, budget=budget_for(dev))

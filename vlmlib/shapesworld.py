@@ -135,7 +135,7 @@ def caption(shapes: Sequence[Shape], style: str = "full") -> str:
     """A caption for a scene. ``style='full'`` names every attribute; ``'short'`` leaves out the size."""
     style = checks.choice(style, "style", ("full", "short"))
     if isinstance(shapes, (list, tuple)) and len(shapes) == 0:
-        raise ValueError("a scene needs at least one shape to be captioned")
+        raise ValueError("shapes is empty: a scene needs at least one shape to be captioned")
     shapes = _check_scene(shapes)
     parts = []
     for s in shapes:
