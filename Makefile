@@ -35,29 +35,47 @@ venv: $(STAMP)
 browser:
 	@bash tools/install_chromium.sh
 
+# The book, strictly: warnings are errors, and so is an error in any notebook cell.
+JB_BUILD := $(BIN)/jupyter-book build . -W -n --keep-going
+# Each pytest stage of `make test` writes its tests' seconds to _build/timings/ (tools/ci_report.py).
+PYTEST := $(BIN)/python -m pytest -p tools.ci_report
+
 book: venv
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(JB_BUILD)
 	@echo "The book is built: open $(CURDIR)/_build/html/index.html"
 
 test-unit: venv
-	$(BIN)/python -m pytest -q tests --ignore=tests/browser --ignore=tests/slow
+	$(PYTEST) --timings unit -q tests --ignore=tests/browser --ignore=tests/slow
 
+# nbval executes every notebook in a fresh kernel; tools/keep_executed.py keeps each notebook whose
+# cells all passed, with its outputs, in _build/executed/ for test-book.
 test-notebooks: venv
-	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:randomly notebooks
+	$(PYTEST) --timings notebooks -p tools.keep_executed -q --nbval-lax --nbval-current-env -p no:randomly notebooks
 
-test-book: book
+# The book as `make book` builds it, from every page again (--all), rendering the notebooks that
+# test-notebooks just executed instead of executing them twice (book/_ext checks each copy is the
+# notebook; one without a matching copy is executed).
+test-book: venv
+	COURSE_EXECUTED=_build/executed $(JB_BUILD) --all
+
 test-browser: venv browser
-	$(BIN)/python -m pytest -q tests/browser
+	$(PYTEST) --timings browser -q tests/browser
 
 test-colab: venv
-	$(BIN)/python -m pytest -q tests/slow
+	$(PYTEST) --timings colab -q tests/slow
 
-test: venv browser
-	$(MAKE) test-unit
-	$(MAKE) test-notebooks
-	$(MAKE) book
-	$(MAKE) test-browser
-	$(MAKE) test-colab
+# Every stage, timed; the tables of where the time went (per stage, per notebook) and the projection
+# to twelve chapters are printed at the end (and after a failed stage).
+STAGE := tools/stage.sh
+test:
+	@rm -rf _build/timings
+	@$(STAGE) environment $(MAKE) --no-print-directory venv browser
+	@$(STAGE) unit $(MAKE) --no-print-directory test-unit
+	@$(STAGE) notebooks $(MAKE) --no-print-directory test-notebooks
+	@$(STAGE) book $(MAKE) --no-print-directory test-book
+	@$(STAGE) browser $(MAKE) --no-print-directory test-browser
+	@$(STAGE) colab $(MAKE) --no-print-directory test-colab
+	@$(BIN)/python -m tools.ci_report
 	@echo "All test stages passed."
 
 lab: venv
