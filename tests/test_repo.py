@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tools import course
 
@@ -133,3 +135,67 @@ def test_requirements_pin_exactly_and_pyproject_gives_ranges():
 def test_vlmlib_reads_no_files_of_the_repository():
     source = "\n".join(p.read_text() for p in (ROOT / "vlmlib").rglob("*.py"))
     assert "__file__" not in source and "parents[" not in source
+
+
+def _pins() -> dict[str, str]:
+    lines = [l for l in (ROOT / "requirements.txt").read_text().splitlines() if l and not l.startswith("#")]
+    return {canonicalize_name(l.split("==")[0]): l.split("==")[1] for l in lines}
+
+
+def test_pyproject_promises_only_tested_versions():
+    """Colab installs against pyproject's ranges: each is met by the pin CI tests, and starts at it."""
+    pins = _pins()
+    for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(dep)
+        pinned = pins[canonicalize_name(req.name)]
+        assert req.specifier.contains(pinned, prereleases=True), f"{dep} excludes the tested version {pinned}"
+        lower = [s.version for s in req.specifier if s.operator == ">="]
+        assert lower == [pinned], f"{dep}: the lower bound should be the tested version {pinned} (see README)"
+
+
+def _workflow(name: str) -> dict:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
+    workflow["on"] = workflow.pop(True, workflow.get("on"))       # YAML 1.1 reads the key `on` as true
+    return workflow
+
+
+def _steps(job: dict) -> tuple[list[str], list[str]]:
+    return [s["uses"].split("@")[0] for s in job["steps"] if "uses" in s], [s["run"] for s in job["steps"] if "run" in s]
+
+
+def _readme_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def test_the_book_is_published_on_github_pages_as_jupyter_book_documents():
+    workflow = _workflow("book.yml")
+    assert "push" in workflow["on"] and workflow["on"]["push"]["branches"] == ["main"]
+    build, deploy = workflow["jobs"]["build"], workflow["jobs"]["deploy"]
+    uses, runs = _steps(build)
+    assert "make book" in _readme_commands() and runs == ["make book"], "the workflow builds with the README's command"
+    assert uses == ["actions/checkout", "actions/setup-python", "actions/upload-pages-artifact"]
+    upload = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == "_build/html"
+    assert deploy["needs"] == "build" and deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert _steps(deploy)[0] == ["actions/deploy-pages"] and deploy["environment"]["name"] == "github-pages"
+    assert "write" not in build.get("permissions", {}).values(), "the build job needs no write access"
+
+
+def test_the_site_address_derives_from_the_repository_url():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    owner, repo = config["repository"]["url"].removeprefix("https://github.com/").split("/")
+    assert config["html"]["baseurl"] == f"https://{owner}.github.io/{repo}/"
+
+
+def test_the_gpu_workflow_runs_the_notebook_validation_with_the_gpu_budget():
+    workflow = _workflow("notebooks-gpu.yml")
+    assert list(workflow["on"]) == ["workflow_dispatch"], "started by hand: a GPU runner is not always there"
+    job = workflow["jobs"]["notebooks"]
+    assert {"self-hosted", "gpu"} <= set(job["runs-on"]) and job["env"]["VLMLIB_BUDGET"] == "gpu"
+    runs = _steps(job)[1]
+    assert "make test-notebooks" in runs and "make test-book" in runs
+    test_recipe = re.search(r"^test:\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert "test-notebooks" in test_recipe and "test-book" in test_recipe, "`make test` runs the same stages"
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"last measured on a GPU", readme), "the README says which figures were measured on a GPU"
