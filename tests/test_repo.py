@@ -199,3 +199,61 @@ def test_the_gpu_workflow_runs_the_notebook_validation_with_the_gpu_budget():
     assert "test-notebooks" in test_recipe and "test-book" in test_recipe, "`make test` runs the same stages"
     readme = (ROOT / "README.md").read_text()
     assert re.search(r"last measured on a GPU", readme), "the README says which figures were measured on a GPU"
+
+
+def test_the_timing_report_adds_up_per_notebook_and_projects_twelve_chapters(tmp_path, monkeypatch):
+    from tools import ci_report
+
+    monkeypatch.setattr(ci_report, "TIMINGS", tmp_path)
+    first, n = NOTEBOOKS[0].name, len(NOTEBOOKS)
+    (tmp_path / "stages.tsv").write_text("environment\t100.0\t0\nunit\t20.0\t0\nnotebooks\t300.0\t0\n"
+                                         "book\t50.0\t0\nbrowser\t10.0\t0\ncolab\t120.0\t0\n")
+    (tmp_path / "notebooks.json").write_text(json.dumps({"items": {
+        f"notebooks/{first}::Cell 0": 30.0, f"notebooks/{first}::Cell 1": 12.5}}))
+    (tmp_path / "colab.json").write_text(json.dumps({"items": {
+        f"tests/slow/test_fresh_install.py::test_student_copy_runs[{first}]": 7.5,
+        "tests/slow/test_fresh_install.py::test_colab_like_fresh_install": 90.0}}))
+    (tmp_path / "book.json").write_text(json.dumps({f"notebooks/{NOTEBOOKS[0].stem}": {"how": "nbval's outputs",
+                                                                                        "seconds": 2.0}}))
+    text = ci_report.report()
+    row = next(line for line in text.splitlines() if line.strip().startswith(first))
+    assert row.split()[1:] == ["42", "2", "nbval's", "outputs", "8", "52"]
+    growing = 42.5 + 2 + 7.5 + 20 + 10            # the notebook's time in each stage, unit and browser tests
+    fixed = 600 - growing
+    assert f"{fixed:.0f} s + 12 x {growing / n:.0f} s = {fixed + growing * 12 / n:.0f} s" in text
+    assert re.search(r"total +600 s", text)
+
+
+def test_the_book_renders_an_executed_copy_only_if_it_is_the_notebook(tmp_path, monkeypatch):
+    import importlib.util
+    import types
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("course_book", ROOT / "book" / "_ext" / "course_book.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    source = tmp_path / "notebooks" / "n.ipynb"
+    source.parent.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# N"), nbformat.v4.new_code_cell("print(1)")])
+    nbformat.write(nb, source)
+    app = types.SimpleNamespace(srcdir=str(tmp_path), env=types.SimpleNamespace(doc2path=lambda d: str(tmp_path / f"{d}.ipynb")))
+    executed = nbformat.reads(nbformat.writes(nb), as_version=4)
+    executed.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    copy = tmp_path / "executed" / "notebooks" / "n.ipynb"
+    copy.parent.mkdir(parents=True)
+    nbformat.write(executed, copy)
+
+    def render(environment):
+        monkeypatch.setattr(ext.os, "environ", environment)
+        text = [source.read_text()]
+        ext._reuse_executed_copy(app, "notebooks/n", text)
+        return nbformat.reads(text[0], as_version=4)
+
+    assert render({})["cells"][1]["outputs"] == [], "make book alone executes the notebook itself"
+    used = render({ext.EXECUTED_ENV: "executed"})
+    assert used.cells[1].outputs[0]["text"] == "1\n" and used.metadata["mystnb"] == {"execution_mode": "off"}
+    executed.cells[1].source = "print(2)"                   # the notebook changed after nbval ran it
+    nbformat.write(executed, copy)
+    stale = render({ext.EXECUTED_ENV: "executed"})
+    assert stale.cells[1].outputs == [] and "mystnb" not in stale.metadata

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import threading
@@ -195,3 +196,43 @@ def test_the_denoising_animation_plays(visits):
     assert int(slider.input_value()) > start, "pressing Play did not move the animation forward"
     assert frame.get_attribute("src") != first, "the frame did not change while playing"
     assert frame.evaluate("i => i.complete && i.naturalWidth > 0"), "the current frame is not a loaded image"
+
+
+@pytest.mark.parametrize("page", notebook_pages())
+def test_the_notebook_can_be_downloaded_as_ipynb(visits, server, page):
+    """The download button offers the stored notebook (code as in the repository, no outputs)."""
+    p = visits[page].page
+    p.click(".dropdown-download-buttons button")
+    link = p.wait_for_selector(".dropdown-download-buttons a[href$='.ipynb']", state="visible", timeout=5000)
+    url = link.evaluate("a => a.href")
+    assert url == f"{server}/_sources/{page.replace('.html', '.ipynb')}", f"{page}: the .ipynb link is {url}"
+    response = p.request.get(url)
+    assert response.ok, f"{url}: HTTP {response.status}"
+    downloaded = json.loads(response.text())
+    stored = json.loads((ROOT / page.replace(".html", ".ipynb")).read_text())
+    code = lambda nb: ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]   # noqa: E731
+    assert downloaded["nbformat"] == 4 and code(downloaded) == code(stored), "the download is not this notebook"
+    p.keyboard.press("Escape")
+
+
+def test_search_finds_pages_offline(server, browser):
+    """The search page answers from the book's own index, with no network."""
+    visit = PageVisit(browser, f"{server}/search.html?q=patch")
+    try:
+        results = visit.page.wait_for_selector("#search-results ul.search li", timeout=20_000)
+        assert results is not None
+        links = visit.page.eval_on_selector_all("#search-results ul.search li a", "as => as.map(a => a.href)")
+        assert any("/notebooks/" in link for link in links), f"searching 'patch' found no chapter: {links}"
+        summary = visit.page.inner_text("#search-results")
+        assert "did not match any documents" not in summary
+        errors = [m for m in visit.console if not any(a in m for a in CONSOLE_ALLOWLIST)]
+        assert errors == [] and visit.external == [] and visit.failed == []
+    finally:
+        visit.close()
+    page = browser.new_page()
+    try:
+        page.goto(f"{server}/{toc_pages()[0]}")
+        action = page.eval_on_selector("form.bd-search", "f => f.action")
+        assert action.split("?")[0] == f"{server}/search.html", "the search box does not lead to the search page"
+    finally:
+        page.close()
