@@ -116,6 +116,8 @@ def report() -> str:
     if not stages:                  # a part of the suite run alone (the GPU workflow): no projection
         return "\n".join(lines[4:])
 
+    if any(status != 0 for _, _, status in stages):
+        return "\n".join(lines + ["", "A stage failed: no projection from a partial run."])
     seconds = {name: s for name, s, _ in stages}
     n = max(len(notebooks), 1)
     # what grows with the chapters: the notebooks' own time in every stage, the unit and browser tests
