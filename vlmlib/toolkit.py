@@ -563,9 +563,10 @@ def train_diffusion(images: torch.Tensor, steps: int, batch: int = 128, lr: floa
     """Train ε-prediction with DDPM's L_simple: ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t)‖², t uniform.
 
     Images in [0, 1] are scaled to [−1, 1]. What is returned is an exponential moving average of
-    the weights, as DDPM samples from one too; DDPM's decay was 0.9999 over 800K steps (Ho et al.
-    2020, App. B), far too long a memory for a run of a few thousand steps, so the decay here is
-    0.995 (warmed up as min(0.995, (1 + step)/(10 + step))).
+    the weights, as DDPM samples from one too. DDPM's decay was 0.9999 (Ho et al. 2020, App. B;
+    ``ema_decay=0.9999`` in its released code), an average over about 10,000 steps: far too long a
+    memory for a run of a few thousand steps, so the decay here is 0.995 (about 200 steps), warmed
+    up as min(0.995, (1 + step)/(10 + step)).
     """
     images = _check_images(images)
     steps, batch = checks.integer(steps, "steps", minimum=1), checks.integer(batch, "batch", minimum=1)
