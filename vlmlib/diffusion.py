@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .cache import Artifact, cached
 from .plotting import progress
 from .shapesworld import COLOUR_NAMES, KINDS, ShapesWorld
@@ -80,10 +81,11 @@ def make_schedule(kind: str = "linear", T: int = 1000, beta_start: float = 1e-4,
     ``"cosine"``: ᾱ_t = f(t/T)/f(0) with f(u) = cos²((u + 0.008)/1.008 · π/2), so
     β_t = 1 − f(t/T)/f((t−1)/T), clipped to ``max_beta`` (diffusers' ``"squaredcos_cap_v2"``).
     """
-    if kind not in SCHEDULES:
-        raise ValueError(f"kind must be one of {SCHEDULES}, got {kind!r}")
-    if not isinstance(T, int) or isinstance(T, bool) or T < 2:
-        raise ValueError(f"T must be an integer of at least 2, got {T!r}")
+    kind = checks.choice(kind, "kind", SCHEDULES)
+    T = checks.integer(T, "T", minimum=2)
+    beta_start = checks.number(beta_start, "beta_start")
+    beta_end = checks.number(beta_end, "beta_end")
+    max_beta = checks.number(max_beta, "max_beta")
     if kind == "linear":
         if not (0 < beta_start <= beta_end < 1):
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start!r} and {beta_end!r}")
@@ -133,6 +135,10 @@ def _as_alpha_bar(alpha_bar) -> torch.Tensor:
         return alpha_bar.alpha_bar
     if not isinstance(alpha_bar, torch.Tensor) or alpha_bar.ndim != 1 or not alpha_bar.dtype.is_floating_point:
         raise ValueError(f"alpha_bar must be a Schedule or a float tensor (T,), got {_describe(alpha_bar)}")
+    if not bool(((alpha_bar > 0) & (alpha_bar <= 1)).all()):      # NaN fails this too
+        bad = alpha_bar[~((alpha_bar > 0) & (alpha_bar <= 1))][0].item()
+        raise ValueError(f"alpha_bar must hold values in (0, 1] (ᾱ_t is the share of the signal's variance left), "
+                         f"got {bad!r}")
     return alpha_bar
 
 
@@ -166,8 +172,7 @@ def noise_step_by_step(x0: torch.Tensor, t: int, schedule: Schedule, generator: 
     _check_images(x0, "x0")
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a Schedule (see make_schedule), got {type(schedule).__name__}")
-    if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < schedule.T:
-        raise ValueError(f"t must be an integer index in [0, {schedule.T - 1}], got {t!r}")
+    t = checks.integer(t, "t", minimum=0, maximum=schedule.T - 1)
     x, path = x0, [x0]
     for k in range(t + 1):
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
@@ -182,6 +187,10 @@ def equivalent_noise(x0: torch.Tensor, xt: torch.Tensor, t: int, schedule: Sched
     """The one ε with x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (a standard normal draw when x_t came from the chain)."""
     _check_images(x0, "x0")
     _check_images(xt, "xt")
+    if xt.shape != x0.shape:
+        raise ValueError(f"xt must have x0's shape {tuple(x0.shape)}, got {tuple(xt.shape)}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule (see make_schedule), got {type(schedule).__name__}")
     a = schedule.alpha_bar[_check_t(t, len(x0), schedule.T)]
     a = _bcast(a, x0)
     return (xt - a.sqrt() * x0) / (1 - a).sqrt()
@@ -191,21 +200,27 @@ def equivalent_noise(x0: torch.Tensor, xt: torch.Tensor, t: int, schedule: Sched
 def target_for(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                alpha_bar) -> torch.Tensor:
     """What the network is trained to output: ε, x₀ (``"sample"``) or v = √ᾱ ε − √(1−ᾱ) x₀."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    prediction_type = checks.choice(prediction_type, "prediction_type", PREDICTION_TYPES)
+    _check_images(x0, "x0")
+    if not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
+        raise ValueError(f"noise must be a tensor of x0's shape {tuple(x0.shape)}, got {_describe(noise)}")
+    ab = _as_alpha_bar(alpha_bar)
+    t = _check_t(t, len(x0), len(ab))
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "sample":
         return x0
-    a = _bcast(_as_alpha_bar(alpha_bar).to(x0.device)[t], x0)
+    a = _bcast(ab.to(x0.device)[t], x0)
     return a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
 def to_x0_eps(output: torch.Tensor, t, x_t: torch.Tensor, alpha_bar,
               prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
     """The network's (x̂₀, ε̂) from its output, whatever it was trained to predict."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    prediction_type = checks.choice(prediction_type, "prediction_type", PREDICTION_TYPES)
+    _check_images(x_t, "x_t")
+    if not isinstance(output, torch.Tensor) or output.shape != x_t.shape:
+        raise ValueError(f"output must be a tensor of x_t's shape {tuple(x_t.shape)}, got {_describe(output)}")
     ab = _as_alpha_bar(alpha_bar)
     t = _check_t(t, len(x_t), len(ab))
     a = _bcast(ab.to(x_t.device)[t], x_t)
@@ -222,25 +237,22 @@ def to_x0_eps(output: torch.Tensor, t, x_t: torch.Tensor, alpha_bar,
 
 
 # -- the reverse process ----------------------------------------------------------------------------
-def _check_step(eps, t, x_t, schedule, noise, t_prev):
+def _check_step(eps, t, x_t, schedule, noise, t_prev, x0=None):
+    """Check a reverse step's arguments; return ``(t, t_prev)`` as ints."""
     _check_images(x_t, "x_t")
-    if not isinstance(eps, torch.Tensor) or eps.shape != x_t.shape:
-        raise ValueError(f"eps must be a tensor of x_t's shape {tuple(x_t.shape)}, got {_describe(eps)}")
+    for name, value in (("eps", eps), ("noise", noise), ("x0", x0)):
+        if (value is not None or name == "eps") and (not isinstance(value, torch.Tensor) or value.shape != x_t.shape):
+            raise ValueError(f"{name} must be a tensor of x_t's shape {tuple(x_t.shape)}, got {_describe(value)}")
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a Schedule (see make_schedule), got {type(schedule).__name__}")
-    if noise is not None and (not isinstance(noise, torch.Tensor) or noise.shape != x_t.shape):
-        raise ValueError(f"noise must be None or a tensor of x_t's shape {tuple(x_t.shape)}, got {_describe(noise)}")
-    if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < schedule.T:
-        raise ValueError(f"t must be an integer index in [0, {schedule.T - 1}], got {t!r}")
-    if t_prev is None:
-        t_prev = t - 1
-    if not isinstance(t_prev, int) or isinstance(t_prev, bool) or not -1 <= t_prev < t:
-        raise ValueError(f"t_prev must be an integer index in [-1, t) = [-1, {t}), got {t_prev!r}")
-    return t_prev
+    t = checks.integer(t, "t", minimum=0, maximum=schedule.T - 1)
+    t_prev = t - 1 if t_prev is None else checks.integer(t_prev, "t_prev", minimum=-1, maximum=t - 1)
+    return t, t_prev
 
 
 def ddpm_reverse_step(eps: torch.Tensor, t: int, x_t: torch.Tensor, schedule: Schedule,
-                      noise: torch.Tensor | None = None, t_prev: int | None = None) -> torch.Tensor:
+                      noise: torch.Tensor | None = None, t_prev: int | None = None,
+                      x0: torch.Tensor | None = None) -> torch.Tensor:
     """One step of DDPM sampling, Algorithm 2 of Ho et al. (2020) with σ_t² = β̃_t:
 
         x_{t−1} = (1/√α_t) · (x_t − (1 − α_t)/√(1 − ᾱ_t) · ε_θ) + σ_t z,
@@ -249,13 +261,21 @@ def ddpm_reverse_step(eps: torch.Tensor, t: int, x_t: torch.Tensor, schedule: Sc
     ``t`` is an index (the paper's t is ``t + 1``); ``noise`` is z (drawn if ``None``). With a
     ``t_prev`` below ``t − 1`` (sampling on a sub-sequence of steps) α_t is replaced by
     ᾱ_t / ᾱ_{t_prev}, as ``DDPMScheduler`` does with fewer inference steps.
+
+    With ``x0`` (an estimate of the clean image, e.g. clamped to [−1, 1]) the mean is the posterior
+    mean written with x̂₀, μ = √ᾱ_prev β_t/(1−ᾱ_t) · x̂₀ + √α_t (1−ᾱ_prev)/(1−ᾱ_t) · x_t, as
+    ``DDPMScheduler.step`` computes it; equal to the line above when ε and x̂₀ agree, but it does
+    not divide by √ᾱ_t, which is tiny near t = T.
     """
-    t_prev = _check_step(eps, t, x_t, schedule, noise, t_prev)
+    t, t_prev = _check_step(eps, t, x_t, schedule, noise, t_prev, x0)
     ab_t = schedule.alpha_bar[t].item()
     ab_prev = schedule.alpha_bar[t_prev].item() if t_prev >= 0 else 1.0
     alpha_t = ab_t / ab_prev
     beta_t = 1 - alpha_t
-    mean = (x_t - beta_t / math.sqrt(1 - ab_t) * eps) / math.sqrt(alpha_t)
+    if x0 is None:
+        mean = (x_t - beta_t / math.sqrt(1 - ab_t) * eps) / math.sqrt(alpha_t)
+    else:
+        mean = (math.sqrt(ab_prev) * beta_t / (1 - ab_t)) * x0 + (math.sqrt(alpha_t) * (1 - ab_prev) / (1 - ab_t)) * x_t
     if t == 0:                                              # the last step: no noise
         return mean
     var = max((1 - ab_prev) / (1 - ab_t) * beta_t, 1e-20)   # β̃_t
@@ -264,7 +284,7 @@ def ddpm_reverse_step(eps: torch.Tensor, t: int, x_t: torch.Tensor, schedule: Sc
 
 
 def ddim_step(eps: torch.Tensor, t: int, x_t: torch.Tensor, schedule: Schedule, t_prev: int | None = None,
-              eta: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
+              eta: float = 0.0, noise: torch.Tensor | None = None, x0: torch.Tensor | None = None) -> torch.Tensor:
     """One DDIM step (Song et al., 2021, Eq. 12, in DDPM's notation ᾱ):
 
         x̂₀ = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t,
@@ -272,13 +292,15 @@ def ddim_step(eps: torch.Tensor, t: int, x_t: torch.Tensor, schedule: Schedule, 
         σ = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev).
 
     η = 0 is deterministic; η = 1 has DDPM's variance. ``t_prev = −1`` jumps to the clean image.
+    With ``x0`` given (e.g. clamped to [−1, 1]) it is used instead of the first line, as
+    ``DDIMScheduler.step(..., use_clipped_model_output=True)`` does.
     """
-    t_prev = _check_step(eps, t, x_t, schedule, noise, t_prev)
-    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or eta < 0:
-        raise ValueError(f"eta must be a non-negative number, got {eta!r}")
+    t, t_prev = _check_step(eps, t, x_t, schedule, noise, t_prev, x0)
+    eta = checks.number(eta, "eta", low=0.0)
     ab_t = schedule.alpha_bar[t].item()
     ab_prev = schedule.alpha_bar[t_prev].item() if t_prev >= 0 else 1.0
-    x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+    if x0 is None:
+        x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
     sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_prev)
     out = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps
     if sigma > 0:
@@ -293,8 +315,8 @@ def timesteps_for(steps: int, T: int) -> list[int]:
     Evenly spaced, ``T − 1`` first and ``0`` last ("trailing"-like, so the first step starts
     from pure noise even with few steps).
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer from 1 to T={T}, got {steps!r}")
+    T = checks.integer(T, "T", minimum=1)
+    steps = checks.integer(steps, "steps", minimum=1, maximum=T)
     if steps == 1:
         return [T - 1]
     ts = [round(T - 1 - i * (T - 1) / (steps - 1)) for i in range(steps)]
@@ -394,7 +416,17 @@ class Denoiser(torch.nn.Module):
         return self.colour_embedding(colour) + self.kind_embedding(kind)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet's output (ε, x₀ or v) for noisy images ``x_t`` (B, 3, S, S) at timestep indices ``t``.
+
+        ``labels`` (B,) are class indices in [0, num_classes], num_classes meaning "no label".
+        """
         c = self.config
+        _check_images(x_t, "x_t")
+        if x_t.shape[1:] != (3, c.image_size, c.image_size):
+            raise ValueError(f"x_t must have shape (B, 3, {c.image_size}, {c.image_size}), got {tuple(x_t.shape)}")
+        t = _check_t(t, len(x_t), c.T)
+        if labels is not None and c.num_classes:
+            labels = checks.labels(labels, "labels", classes=c.num_classes + 1, length=len(x_t)).to(x_t.device)
         if c.num_classes:
             if labels is None:
                 labels = torch.full((len(x_t),), c.num_classes, dtype=torch.long, device=x_t.device)
@@ -409,7 +441,9 @@ class Denoiser(torch.nn.Module):
 # -- data -------------------------------------------------------------------------------------------
 def to_model_space(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
     """Images in [0, 1] (B, 3, H, W) -> [−1, 1], resized (area average) to ``size`` if given."""
-    _check_images(images, "images")
+    images = checks.images(images, "images", low=0.0, high=1.0)
+    if size is not None:
+        size = checks.integer(size, "size", minimum=1)
     if size is not None and images.shape[-1] != size:
         images = F.interpolate(images, size=(size, size), mode="area")
     return images * 2 - 1
@@ -418,6 +452,8 @@ def to_model_space(images: torch.Tensor, size: int | None = None) -> torch.Tenso
 def to_image_space(x: torch.Tensor, size: int | None = None) -> torch.Tensor:
     """Model outputs in [−1, 1] -> images in [0, 1], resized (bicubic) to ``size`` if given."""
     _check_images(x, "x")
+    if size is not None:
+        size = checks.integer(size, "size", minimum=1)
     x = ((x.clamp(-1, 1) + 1) / 2)
     if size is not None and x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
@@ -425,9 +461,13 @@ def to_image_space(x: torch.Tensor, size: int | None = None) -> torch.Tensor:
 
 
 def class_labels(colour: str | Sequence[str], kind: str | Sequence[str], n: int | None = None) -> torch.Tensor:
-    """Class indices of colour–kind pairs (colour · len(KINDS) + kind), (n,)."""
-    colours = [colour] * (n or 1) if isinstance(colour, str) else list(colour)
-    kinds = [kind] * (n or 1) if isinstance(kind, str) else list(kind)
+    """Class indices of colour–kind pairs (colour · len(KINDS) + kind), (n,).
+
+    ``colour`` and ``kind`` are names or lists of names; a single name is repeated ``n`` times (default 1).
+    """
+    n = 1 if n is None else checks.integer(n, "n", minimum=1)
+    colours = [colour] * n if isinstance(colour, str) else checks.text_list(colour, "colour")
+    kinds = [kind] * n if isinstance(kind, str) else checks.text_list(kind, "kind")
     if len(colours) != len(kinds):
         raise ValueError(f"give as many colours as kinds, got {len(colours)} and {len(kinds)}")
     for c in colours:
@@ -482,18 +522,25 @@ class Recipe:
 class EMA:
     """An exponential moving average of a model's weights: θ_ema ← d·θ_ema + (1 − d)·θ.
 
-    With ``warmup`` the decay is min(decay, (1 + n)/(10 + n)) after n updates, so the average is
-    not dragged back to the random initialisation in short runs.
+    With ``warmup`` the decay is min(decay, (1 + n)/(10 + n)) at the n-th update, so the average is
+    not dragged back to the random initialisation in short runs. ``diffusers``' ``EMAModel`` (with
+    ``use_ema_warmup=False``) uses the same formula one update later, with decay 0 at its first update:
+    this EMA after n updates equals ``EMAModel`` stepped once on the starting weights and then on
+    the same n (``tests/test_diffusion.py`` checks it). The average's memory is about 1/(1 − d)
+    updates: 200 for d = 0.995, once the warm-up has reached d (after about 1,800 updates).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.995, warmup: bool = True):
-        if not 0 <= decay < 1:
-            raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        decay = checks.number(decay, "decay", low=0.0, high=1.0, high_open=True)
         self.decay, self.warmup, self.updates = decay, warmup, 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        if not isinstance(model, torch.nn.Module) or model.state_dict().keys() != self.shadow.keys():
+            raise ValueError("model must be the module this EMA was made for (the same parameter names)")
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         for k, v in model.state_dict().items():
@@ -506,6 +553,23 @@ class EMA:
         return {k: v.clone() for k, v in self.shadow.items()}
 
 
+def ema_weights(updates: int, decay: float = 0.995, warmup: bool = True) -> torch.Tensor:
+    """How much each set of weights counts in :class:`EMA`'s average after ``updates`` updates.
+
+    Returns a float64 tensor (updates + 1,): entry 0 is the starting weights, entry k the weights
+    after training step k. The entries sum to 1; the last ones are the most recent steps.
+    """
+    updates = checks.integer(updates, "updates", minimum=0)
+    decay = checks.number(decay, "decay", low=0.0, high=1.0, high_open=True)
+    w = torch.zeros(updates + 1, dtype=torch.float64)
+    w[0] = 1.0
+    for n in range(1, updates + 1):
+        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
+        w[:n] *= d
+        w[n] = 1 - d
+    return w
+
+
 def diffusion_loss(model: Denoiser, x0: torch.Tensor, labels: torch.Tensor | None = None,
                    generator: torch.Generator | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
     """L_simple (DDPM Eq. 14) for the model's target, t uniform:
@@ -513,8 +577,13 @@ def diffusion_loss(model: Denoiser, x0: torch.Tensor, labels: torch.Tensor | Non
 
     With ``min_snr_gamma`` = γ > 0 each example is weighted so that, measured as an error in x₀,
     its weight is min(SNR_t, γ) (Min-SNR-γ, Hang et al., 2023): ε-prediction's weight SNR_t, capped.
+    In the model's own target the weights are min(SNR, γ) for x₀, min(SNR, γ)/SNR for ε and
+    min(SNR, γ)/(SNR + 1) for v, as in ``diffusers``' ``train_text_to_image.py`` (``--snr_gamma``).
     """
+    if not isinstance(model, Denoiser):
+        raise TypeError(f"model must be a Denoiser, got {type(model).__name__}")
     _check_images(x0, "x0")
+    min_snr_gamma = checks.number(min_snr_gamma, "min_snr_gamma", low=0.0)
     sched = model.schedule
     t = torch.randint(0, sched.T, (len(x0),), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -595,35 +664,39 @@ def sample(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim", labe
     """Draw ``n`` images (n, 3, out_size, out_size) in [0, 1] with DDPM or DDIM in ``steps`` steps.
 
     ``labels`` (n,) are class indices (:func:`class_labels`) for a conditioned model. ``guidance``
-    w > 1 is classifier-free guidance (Ho & Salimans, 2022) as diffusers writes it:
-    ε̃ = ε(x, ∅) + w·(ε(x, y) − ε(x, ∅)); w = 1 is the plain conditional model. With
-    ``return_path`` it also returns the list of x̂₀ predictions, one per step (for animations).
+    w is classifier-free guidance (Ho & Salimans, 2021) as ``diffusers`` writes it:
+    ε̃ = ε(x, ∅) + w·(ε(x, y) − ε(x, ∅)); w = 1 is the plain conditional model. This w is
+    ``diffusers``' ``guidance_scale`` and Imagen's w; the paper's Eq. 6, ε̃ = (1 + w')·ε(x, y) − w'·ε(x, ∅),
+    has w' = w − 1 (so w = 2 here is the paper's w' = 1).
+
+    Each step predicts x̂₀, clamps it to [−1, 1] (``diffusers``' ``clip_sample=True``) and steps
+    with the clamped x̂₀ itself (``use_clipped_model_output=True``), so nothing is divided by the
+    tiny √ᾱ_t near t = T again. The noise is drawn in float32 from ``generator``; the model's dtype
+    (float32, or float64 for a reference) is used for everything else. With ``return_path`` it also
+    returns the list of x̂₀ predictions, one per step (for animations).
     """
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a Denoiser, got {type(model).__name__}")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    n = checks.integer(n, "n", minimum=1)
+    sampler = checks.choice(sampler, "sampler", SAMPLERS)
+    eta = checks.number(eta, "eta", low=0.0)
+    out_size = checks.integer(out_size, "out_size", minimum=1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     c, sched = model.config, model.schedule
     ts = timesteps_for(steps, sched.T)
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
     if labels is not None:
         if not c.num_classes:
             raise ValueError("this model is unconditional: sample it without labels")
-        labels = torch.as_tensor(labels)
-        if labels.shape != (n,) or labels.dtype.is_floating_point or bool((labels < 0).any()) \
-                or bool((labels > c.num_classes).any()):
-            raise ValueError(f"labels must be {n} class indices in [0, {c.num_classes}]")
-        labels = labels.to(device)
-    if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)
-            and guidance >= 0):
-        raise ValueError(f"guidance must be a finite number ≥ 0 (1 = no guidance), got {guidance!r}")
+        labels = checks.labels(labels, "labels", classes=c.num_classes + 1, length=n).to(device)
+    guidance = checks.number(guidance, "guidance", low=0.0)
     if guidance != 1 and labels is None:
         raise ValueError("guidance needs labels: it pushes samples towards the labelled class")
     null = torch.full((n,), c.num_classes, dtype=torch.long, device=device)
     model.eval()
-    x = torch.randn((n, 3, c.image_size, c.image_size), generator=generator).to(device)
+    x = torch.randn((n, 3, c.image_size, c.image_size), generator=generator).to(device, dtype)
     path = []
     it = progress(range(len(ts)), desc=desc or f"{sampler.upper()} sampling, {steps} steps") \
         if show_progress else range(len(ts))
@@ -639,21 +712,81 @@ def sample(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim", labe
         x0, eps = to_x0_eps(out, t, x, sched.alpha_bar.to(device), c.prediction_type)
         x0 = x0.clamp(-1, 1)                      # as diffusers' clip_sample does
         ab_t = sched.alpha_bar[t].item()
-        eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
+        eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)     # the ε that agrees with the clamped x̂₀
         if return_path:
             path.append(to_image_space(x0, out_size).cpu())
-        z = torch.randn(x.shape, generator=generator).to(device) if (sampler == "ddpm" or eta > 0) else None
+        z = torch.randn(x.shape, generator=generator).to(device, dtype) if (sampler == "ddpm" or eta > 0) else None
         if sampler == "ddpm":
-            x = ddpm_reverse_step(eps, t, x, sched, noise=z, t_prev=t_prev)
+            x = ddpm_reverse_step(eps, t, x, sched, noise=z, t_prev=t_prev, x0=x0)
         else:
-            x = ddim_step(eps, t, x, sched, t_prev=t_prev, eta=eta, noise=z)
+            x = ddim_step(eps, t, x, sched, t_prev=t_prev, eta=eta, noise=z, x0=x0)
     images = to_image_space(x, out_size).cpu()
     return (images, path) if return_path else images
+
+
+#: Bumped whenever :func:`sample` changes what it draws, so that cached samples are drawn again.
+SAMPLER_VERSION = 2
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """The SHA-256 of a model's weights (names, dtypes, shapes and values): what a set of samples came from."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        value = value.detach().cpu().contiguous()
+        h.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        h.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def sample_cached(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim", labels: torch.Tensor | None = None,
+                  guidance: float = 1.0, eta: float = 0.0, seed: int = 0, return_path: bool = False,
+                  desc: str | None = None, verbose: bool = True) -> dict:
+    """:func:`sample` with a fixed seed, through the artifact cache (``vlmlib.cached``).
+
+    The samples are keyed by what produced them: the SHA-256 of the model's weights, every sampler
+    setting, ``n``, the seed, the device type and :data:`SAMPLER_VERSION`. The first call samples
+    (and times it); later calls load the same images, so scores computed from them are identical.
+    Returns ``{"images": (n, 3, 32, 32), "seconds": sampling time when they were drawn,
+    "from_cache": bool}`` and, with ``return_path``, ``"path"``: the x̂₀ of every step,
+    (steps, n, 3, 32, 32), stored as 8-bit values (x̂₀ is only looked at and read by the judge).
+    """
+    if not isinstance(model, Denoiser):
+        raise TypeError(f"model must be a Denoiser, got {type(model).__name__}")
+    n = checks.integer(n, "n", minimum=1)
+    seed = checks.integer(seed, "seed", minimum=0)
+    if labels is not None:
+        labels = checks.labels(labels, "labels", classes=model.config.num_classes + 1, length=n)
+    device = next(model.parameters()).device
+    key = {"weights_sha256": weights_sha256(model), "n": n, "steps": steps, "sampler": sampler,
+           "labels": None if labels is None else labels.tolist(), "guidance": guidance, "eta": eta, "seed": seed,
+           "return_path": bool(return_path), "device": device.type, "sampler_version": SAMPLER_VERSION}
+
+    def build() -> Artifact:
+        start = time.perf_counter()
+        out = sample(model, n, steps, sampler, labels=labels, eta=eta, generator=torch.Generator().manual_seed(seed),
+                     return_path=return_path, desc=desc, guidance=guidance)
+        seconds = time.perf_counter() - start
+        images, path = out if return_path else (out, None)
+        tensors = {"images": images.float().contiguous()}
+        if path is not None:
+            tensors["path"] = (torch.stack(path) * 255).round().to(torch.uint8).contiguous()
+        return Artifact("diffusion-samples", key, tensors, {"seconds": seconds})
+
+    art = cached("diffusion-samples", key, build, verbose=False)
+    if verbose and art.from_cache:
+        print(f"{desc or f'{sampler.upper()}, {steps} steps'}: {n} samples (loaded from the cache)")
+    result = {"images": art.state_dict["images"], "seconds": art.metrics["seconds"], "from_cache": art.from_cache}
+    if return_path:
+        result["path"] = art.state_dict["path"].float() / 255
+    return result
 
 
 # -- the cached, trained model ----------------------------------------------------------------------
 def default_settings(budget: str = "cpu") -> tuple[DiffusionConfig, Recipe]:
     """The configuration and recipe of chapter 5's denoiser for a budget (``"cpu"`` or ``"gpu"``)."""
+    budget = checks.choice(budget, "budget", ("cpu", "gpu"))
     if budget == "gpu":
         return (DiffusionConfig(image_size=32, channels=(64, 128, 128), num_classes=NUM_CLASSES),
                 Recipe(steps=4000, batch_size=128, n_train=50_000, min_snr_gamma=5.0))
@@ -676,6 +809,8 @@ def evaluate(model: Denoiser, n: int = 240, steps: int = 20, sampler: str = "ddi
 
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a Denoiser, got {type(model).__name__}")
+    n = checks.integer(n, "n", minimum=2)
+    seed = checks.integer(seed, "seed", minimum=0)
     g = torch.Generator().manual_seed(seed)
     metrics: dict[str, float] = {}
     start = time.perf_counter()
