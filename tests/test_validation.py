@@ -237,6 +237,10 @@ CASES = [
  ("Shape x str", lambda: Shape("red", "circle", "small", "top", "1", 1.0, 2.0), TypeError, "Shape.x"),
  ("ShapesData wrong layout", lambda: ShapesData(np.zeros((2, 3, 8, 8), np.float32), [[], []], {}, "train"), ValueError, "ShapesData.images"),
  ("ShapesData shapes length", lambda: ShapesData(np.zeros((2, 8, 8, 3), np.float32), [[]], {}, "train"), ValueError, "ShapesData.shapes"),
+ ("ShapesData.tensor unknown device", lambda: data.tensor("gpu"), ValueError, "device"),
+ ("ShapesData.label_tensors device int", lambda: data.label_tensors(3), TypeError, "device"),
+ ("train_clip unknown device", lambda: C.train_clip(small, C.Recipe(), device="tpu"), ValueError, "device"),
+ ("load_clip device int", lambda: C.load_clip(device=1), TypeError, "device"),
  ("ShapesData unknown split", lambda: ShapesData(np.zeros((1, 8, 8, 3), np.float32), [[]], {}, "val"), ValueError, "split"),
  # tokenizer
  ("shapes_tokenizer a string", lambda: T.shapes_tokenizer("hello"), TypeError, "extra_words"),
@@ -322,7 +326,7 @@ def test_bad_input_is_a_clear_error(call, error, names):
 
 def test_the_table_covers_every_module_and_its_ids_are_unique():
     names = [c[0] for c in CASES]
-    assert len(names) == len(set(names)) and len(names) >= 250
+    assert len(names) == len(set(names)) and len(names) >= 255
 
 
 # -- friendly conversions: the same result as the float32 (or plain Python) input --------------------

@@ -538,6 +538,12 @@ def _full_caption(shape: Shape, rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def _device(device) -> torch.device:
+    from .settings import _device as settings_device
+
+    return settings_device(device)
+
+
 def _check_config_and_recipe(config, recipe) -> None:
     if not isinstance(config, CLIPConfig):
         raise TypeError(f"config must be a CLIPConfig, got {type(config).__name__}")
@@ -551,6 +557,7 @@ def train_clip(config: CLIPConfig, recipe: Recipe, device: str | torch.device = 
     from .training import train
 
     _check_config_and_recipe(config, recipe)
+    device = _device(device)
     torch.manual_seed(recipe.seed)
     world = ShapesWorld(seed=recipe.world_seed)
     pool = CaptionedPool(world, recipe.n_train, recipe.p_partial, recipe.p_grey, recipe.seed,
@@ -593,6 +600,7 @@ def build_clip(config: CLIPConfig, recipe: Recipe, name: str = "clip-shapes",
                device: str | torch.device = "cpu", verbose: bool = True) -> tuple[CLIP, Artifact]:
     """The trained CLIP for ``config`` and ``recipe``: from the cache, or trained now and cached."""
     _check_config_and_recipe(config, recipe)
+    device = _device(device)
     key = {"model": config.to_dict(), "recipe": recipe.to_dict()}
 
     def build() -> Artifact:
@@ -623,7 +631,7 @@ def load_clip(budget: str | None = None, device: str | torch.device | None = Non
 
     settings = current()
     budget = budget or settings.budget
-    device = device if device is not None else settings.device
+    device = _device(device) if device is not None else settings.device
     config, recipe = default_settings(budget)
     return build_clip(config, recipe, device=device, verbose=verbose)
 

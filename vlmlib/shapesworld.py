@@ -241,9 +241,12 @@ class ShapesData:
 
     def tensor(self, device: str | torch.device = "cpu") -> torch.Tensor:
         """The images as a float tensor (N, 3, H, W) in [0, 1], as PyTorch models expect."""
+        device = _device(device)
         return torch.from_numpy(self.images).permute(0, 3, 1, 2).contiguous().to(device)
 
     def label_tensors(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """The labels as int64 tensors, attribute -> (N,)."""
+        device = _device(device)
         return {k: torch.from_numpy(v).to(device) for k, v in self.labels.items()}
 
 
@@ -401,6 +404,12 @@ def _check_held_out(held_out) -> tuple[tuple[str, str], ...]:
 
 
 _KIND_SET, _SIZE_SET = frozenset(KINDS), frozenset(SIZES)
+
+
+def _device(device) -> torch.device:
+    from .settings import _device as settings_device     # settings imports nothing of ours at load time
+
+    return settings_device(device)
 
 
 # Signed distance (in pixels, positive inside) of each kind, centred on (0, 0) with "radius" r.
