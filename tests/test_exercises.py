@@ -1,10 +1,16 @@
+import ast
+import inspect
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from vlmlib.exercises import Case, Verdict, check_function, compare
+from tools import course
+from vlmlib.exercises import EXERCISES, Case, Verdict, check_function, compare, fallback, lookup
 from vlmlib.exercises import ch00
-from vlmlib.shapesworld import POSITIONS, position_name
+from vlmlib.shapesworld import COLOUR_NAMES, KINDS, POSITIONS, position_name
 
 
 def reference(x):
@@ -209,17 +215,6 @@ def test_every_checker_gives_a_friendly_verdict_for_any_mistake(mistake, capsys)
 
 
 # -- the notebooks' exercises: registered, solvable, and skippable ------------------------------------
-import ast  # noqa: E402
-import inspect  # noqa: E402
-import math  # noqa: E402
-
-import torch.nn.functional as F  # noqa: E402
-
-from tools import course  # noqa: E402
-from vlmlib.exercises import EXERCISES, fallback, lookup  # noqa: E402
-from vlmlib.shapesworld import COLOUR_NAMES, KINDS  # noqa: E402
-
-
 def _solution_cells() -> dict[str, str]:
     cells = {}
     for path in course.notebooks():
