@@ -178,6 +178,9 @@ def test_tiny_hf_clip_round_trip_offline(tmp_path):
     with torch.no_grad():
         out = original(input_ids=ids, pixel_values=pixels)
     assert torch.allclose(probs, out.logits_per_image.softmax(-1), atol=1e-5)
+    assert torch.equal(C.hf_zero_shot(model, pixels.double(), ids), probs)          # float64 pixels are converted
+    with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
+        C.hf_zero_shot(model, pixels, ids, attention_mask=torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(OSError):
         C.load_hf_clip(str(tmp_path / "missing"))
 

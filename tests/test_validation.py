@@ -62,6 +62,7 @@ CASES = [
  ("ViT int64 images", lambda: vit(torch.zeros(1, 3, 32, 32, dtype=torch.long)), TypeError, "images"),
  ("ViT bool images", lambda: vit(torch.zeros(1, 3, 32, 32, dtype=torch.bool)), TypeError, "images"),
  ("ViT.features NaN", lambda: vit.features(nan_img), ValueError, "images"),
+ ("ViT.attention_maps before a forward pass", lambda: V.ViT(V.ViTConfig()).attention_maps(), RuntimeError, "run the ViT"),
  ("ViTClassifier classes 1", lambda: V.ViTClassifier(V.ViTConfig(), {"colour": 1}), ValueError, "classes"),
  ("ViTClassifier classes list", lambda: V.ViTClassifier(V.ViTConfig(), ["colour"]), TypeError, "classes"),
  ("ViTClassifier classes float", lambda: V.ViTClassifier(V.ViTConfig(), {"colour": 6.0}), ValueError, "classes"),

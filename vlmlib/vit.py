@@ -279,6 +279,8 @@ class ViT(nn.Module):
 
     def attention_maps(self) -> list[torch.Tensor]:
         """The attention weights of each layer from the last forward pass, each (B, h, N+1, N+1)."""
+        if any(b.attn.last_attention is None for b in self.blocks):
+            raise RuntimeError("there are no attention maps yet: run the ViT on a batch of images first")
         return [b.attn.last_attention for b in self.blocks]
 
 
