@@ -7,7 +7,8 @@ Chapter 2 compares four models on held-out colour–kind pairs: {a supervised Vi
 data, the chapter's data recipe (grey copies, hard negatives)}. This is the "CLIP, plain data" row:
 chapter 2's model and recipe with ``p_grey=0`` and ``hard_negatives=1`` (random batches, no grey
 copies), everything else equal. Training it costs as much as the chapter's own CLIP (about three
-minutes on the 2-core CPU), more than the chapter's time budget leaves, so under the CPU budget the
+minutes on an idle 2-core CPU; the committed run took 1,222 s on one thread of that machine while
+it was shared with other jobs), more than the chapter's time budget leaves, so under the CPU budget the
 notebook loads it from here; under the GPU budget it trains its own (through the artifact cache).
 
 The run goes through the artifact cache (``vlmlib.clip.build_clip``, name ``clip-shapes-plain``),
