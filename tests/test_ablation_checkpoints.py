@@ -50,3 +50,13 @@ def test_a_damaged_plain_clip_is_refused(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="checksum"):
         tool.load(tmp_path)
+
+
+def test_a_shipped_clip_made_with_another_recipe_is_not_passed_off_as_this_one():
+    config, recipe = tool.plain_settings("gpu")
+    if recipe.to_dict() == tool.plain_settings("cpu")[1].to_dict():
+        pytest.skip("the GPU budget uses the CPU recipe")
+    with pytest.raises(LookupError, match="recipe"):
+        C.load_shipped(tool.NAME, recipe=recipe)
+    with pytest.raises(FileNotFoundError, match="no shipped checkpoint"):
+        C.load_shipped("no-such-model")

@@ -189,3 +189,24 @@ def test_friendly_image_conversions_give_the_float32_result():
         vit(x.permute(0, 2, 3, 1))
     with pytest.raises(ValueError, match="NaN"):
         vit(torch.full((1, 3, 32, 32), float("nan")))
+
+
+def test_train_classifier_caches_and_masks_colour_for_grey_copies(tmp_path, monkeypatch):
+    from vlmlib.vit import grey, load_classifier, train_classifier
+
+    monkeypatch.setenv("VLMLIB_CACHE", str(tmp_path))
+    config = ViTConfig(image_size=32, patch_size=8, dim=16, depth=1, heads=2, mlp_ratio=2)
+    first = train_classifier(config, steps=3, n_train=64, batch=8, p_grey=1.0, verbose=False)
+    again = train_classifier(config, steps=3, n_train=64, batch=8, p_grey=1.0, verbose=False)
+    assert not first.from_cache and again.from_cache
+    # every image grey: no colour label at all, so the colour accuracy has nothing to count
+    assert all(v == 0 for v in first.history["colour accuracy"])
+    model = load_classifier(again)
+    assert set(model(torch.rand(2, 3, 32, 32))) == {"colour", "kind", "position"}
+    x = torch.rand(2, 3, 32, 32)
+    g = grey(x)
+    assert torch.allclose(g[:, 0], g[:, 1]) and torch.allclose(g[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
+    with pytest.raises(ValueError, match="p_grey"):
+        train_classifier(config, steps=3, n_train=64, p_grey=1.5)
+    with pytest.raises(TypeError, match="artifact"):
+        load_classifier({"vit": 1})

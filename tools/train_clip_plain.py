@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from vlmlib import clip as C
 from vlmlib.shapesworld import ShapesWorld
@@ -55,14 +55,7 @@ def score(model: C.CLIP, recipe: C.Recipe) -> dict[str, float]:
 
 def load(folder: Path | None = None) -> tuple[C.CLIP, dict]:
     """The stored model and its record; ``ValueError`` if the weights fail their checksum."""
-    folder = Path(folder or CHECKPOINT_DIR)
-    weights, meta = folder / f"{NAME}.safetensors", folder / f"{NAME}.json"
-    record = json.loads(meta.read_text())
-    if hashlib.sha256(weights.read_bytes()).hexdigest() != record["weights_sha256"]:
-        raise ValueError(f"{weights} fails its checksum: run `python -m tools.train_clip_plain` again")
-    model = C.CLIP(C.CLIPConfig(**record["config"]))
-    model.load_state_dict(load_file(str(weights)))
-    return model.eval(), record
+    return C.load_shipped(NAME, folder=folder or CHECKPOINT_DIR)
 
 
 def main(argv=None) -> None:

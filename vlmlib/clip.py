@@ -11,11 +11,14 @@ The names follow the pseudocode of the paper's Figure 3:
 
 - ``I_f = image_encoder(I)``, ``T_f = text_encoder(T)``   (:class:`~vlmlib.vit.ViT`, :class:`TextEncoder`)
 - ``I_e = l2_normalize(I_f W_i)``, ``T_e = l2_normalize(T_f W_t)``   (:meth:`CLIP.encode_image`, ``encode_text``)
-- ``logits = I_e T_eᵀ · exp(t)``                            (:meth:`CLIP.forward`)
+- ``logits = t · I_e T_eᵀ`` with ``t = exp(t′)``             (:meth:`CLIP.forward`)
 - ``loss = (CE(logits, rows) + CE(logits, columns)) / 2``   (:func:`clip_loss`)
 
-The temperature ``t`` is learned, initialised to log(1/0.07) and clamped to at most log(100)
-after each optimiser step (:meth:`CLIP.clamp_logit_scale_`), as OpenCLIP does. :func:`siglip_loss`
+The book's symbols (chapters 2 and 3): ``t`` is the *scale* that multiplies the cosine
+similarities, and ``t′ = log t`` is the learned parameter ``logit_scale`` (the paper's pseudocode
+calls that parameter ``t`` and writes ``np.exp(t)``; SigLIP's paper writes ``t = exp(t′)``). ``t′``
+starts at log(1/0.07), so t = 14.3, and is clamped to at most log(100) after each optimiser step
+(:meth:`CLIP.clamp_logit_scale_`), as OpenCLIP does. :func:`siglip_loss`
 is the sigmoid loss of chapter 3. :func:`load_hf_clip` loads a real ``transformers`` CLIP.
 """
 
@@ -146,7 +149,7 @@ class CLIP(nn.Module):
         self.text_encoder = TextEncoder(c)
         self.image_projection = nn.Linear(c.vision_dim, c.embed_dim, bias=False)     # W_i
         self.text_projection = nn.Linear(c.text_dim, c.embed_dim, bias=False)        # W_t
-        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))              # t
+        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))              # t′ = log t
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] -> (B, E) unit-length image embeddings I_e.
@@ -160,12 +163,12 @@ class CLIP(nn.Module):
         return F.normalize(self.text_projection(self.text_encoder(input_ids)), dim=-1)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """logits_per_image (B_img, B_txt) = I_e T_eᵀ · exp(t); logits_per_text is its transpose."""
+        """logits_per_image (B_img, B_txt) = t · I_e T_eᵀ with t = exp(t′); logits_per_text is its transpose."""
         return self.encode_image(images) @ self.encode_text(input_ids).T * self.logit_scale.exp()
 
     @torch.no_grad()
     def clamp_logit_scale_(self, max_value: float = LOGIT_SCALE_MAX) -> None:
-        """Keep exp(t) in [1, 100] (OpenCLIP does this after each optimiser step)."""
+        """Keep t′ = log t in [0, log 100], so the scale t stays in [1, 100] (OpenCLIP does this after each step)."""
         if max_value != LOGIT_SCALE_MAX:                  # the default needs no check: this runs every step
             max_value = checks.number(max_value, "max_value", low=0.0)
         self.logit_scale.clamp_(0, max_value)
@@ -563,8 +566,9 @@ def train_clip(config: CLIPConfig, recipe: Recipe, device: str | torch.device = 
     pool = CaptionedPool(world, recipe.n_train, recipe.p_partial, recipe.p_grey, recipe.seed,
                          recipe.hard_negatives)
     model = CLIP(config).to(device)
-    # SigLIP starts at t = 10, b = -10: sigmoid(-10) ≈ 1/22,000 is the share of positive pairs in the
-    # paper's batches of about 32k. For a batch of n pairs the matching prior is b = -log(n).
+    # SigLIP's paper starts at t = 10, b = -10, so that the first steps, when nearly every pair is a
+    # negative one, are not large corrections. The default here is the book's own choice (chapter 3):
+    # b = -log(n), for which sigmoid(b) ≈ 1/n, the share of positive pairs in a batch of n.
     b0 = recipe.siglip_bias if recipe.siglip_bias is not None else -math.log(recipe.batch_size)
     bias = nn.Parameter(torch.tensor(float(b0), device=device)) if recipe.loss == "siglip" else None
     if recipe.loss == "siglip":
@@ -634,6 +638,42 @@ def load_clip(budget: str | None = None, device: str | torch.device | None = Non
     device = _device(device) if device is not None else settings.device
     config, recipe = default_settings(budget)
     return build_clip(config, recipe, device=device, verbose=verbose)
+
+
+def load_shipped(name: str, config: CLIPConfig | None = None, recipe: Recipe | None = None,
+                 folder=None) -> tuple[CLIP, dict]:
+    """A CLIP that ships inside the package, ``vlmlib/weights/<name>.{safetensors,json}``.
+
+    Some rows of a chapter need a model that costs more than the chapter's time budget (chapter 2's
+    CLIP trained without its data recipe, made by ``python -m tools.train_clip_plain``); it ships
+    with vlmlib, as chapter 5's denoiser does. Returns ``(model, record)``, the record being the JSON
+    (config, recipe, metrics, history). Raises ``LookupError`` when ``config`` or ``recipe`` is given
+    and the shipped model was made with others (e.g. the GPU budget's recipe: train it then), and
+    ``ValueError`` when the weights fail their checksum.
+    """
+    import hashlib
+    import json
+    from importlib.resources import files
+    from pathlib import Path
+
+    from safetensors.torch import load as load_safetensors
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be the name of a shipped checkpoint, e.g. 'clip-shapes-plain', got {name!r}")
+    folder = Path(folder) if folder is not None else Path(str(files("vlmlib") / "weights"))
+    meta, weights_path = folder / f"{name}.json", folder / f"{name}.safetensors"
+    if not meta.is_file() or not weights_path.is_file():
+        raise FileNotFoundError(f"no shipped checkpoint {name!r} in {folder}")
+    record = json.loads(meta.read_text())
+    for what, given in (("config", config), ("recipe", recipe)):
+        if given is not None and record[what] != given.to_dict():
+            raise LookupError(f"the shipped {name!r} was made with another {what}: {record[what]}")
+    weights = weights_path.read_bytes()
+    if hashlib.sha256(weights).hexdigest() != record["weights_sha256"]:
+        raise ValueError(f"{weights_path} fails its checksum: run `python -m tools.train_clip_plain` again")
+    model = CLIP(CLIPConfig(**record["config"]))
+    model.load_state_dict(load_safetensors(weights))
+    return model.eval(), record
 
 
 # -- the real thing ---------------------------------------------------------------------------------

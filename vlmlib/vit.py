@@ -7,7 +7,8 @@ Introduced in chapter 1. The names follow the paper's equations:
 - Eq. 3: z_ℓ = MLP(LN(z′_ℓ)) + z′_ℓ                (:class:`Block`, :class:`MLP`)
 - Eq. 4: y = LN(z_L⁰)                               (:meth:`ViT.forward`)
 
-Chapter 2's CLIP uses :class:`ViT` as its image encoder.
+Chapter 2's CLIP uses :class:`ViT` as its image encoder. :func:`train_classifier` trains chapter 1's
+classifier of colour, kind and position (optionally with grey copies), which chapter 2 loads again.
 """
 
 from __future__ import annotations
@@ -303,3 +304,80 @@ class ViTClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         y = self.vit.features(images)                                        # (B, D)
         return {name: head(y) for name, head in self.heads.items()}          # name -> (B, classes)
+
+
+#: The attributes chapter 1's classifier reads, with their class counts (ShapesWorld's lists).
+SHAPE_ATTRIBUTES = {"colour": 6, "kind": 4, "position": 9}
+#: Grey = a weighted sum of R, G and B (ITU-R BT.601 luma weights), as CLIP's grey copies in chapter 2.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def grey(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) colour images -> the same images in grey, still with three equal channels."""
+    weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device)[:, None, None]
+    return (images * weights).sum(1, keepdim=True).expand_as(images)
+
+
+def train_classifier(config: ViTConfig, steps: int, n_train: int, batch: int = 96, lr: float = 3e-3,
+                     p_grey: float = 0.0, seed: int = 0, device: str | torch.device | None = None,
+                     verbose: bool = True):
+    """Train (or load from the cache) chapter 1's ViT classifier of colour, kind and position.
+
+    The ViT reads a ShapesWorld image (world seed 0, ``n_train`` images of the ``train`` split) and one
+    linear head per attribute reads its representation y; the loss is the sum of the three
+    cross-entropies. With ``p_grey`` > 0 that share of each batch is shown in grey: a grey copy keeps
+    its kind and position labels and has no colour label (its colour loss is masked), the label
+    version of chapter 2's grey copies. Chapters 1 and 2 both call this, so the same arguments give
+    the same cached model. Returns the :class:`~vlmlib.cache.Artifact` (load it with
+    :func:`load_classifier`).
+    """
+    from .cache import Artifact, cached
+    from .shapesworld import ShapesWorld
+    from .training import train
+
+    if not isinstance(config, ViTConfig):
+        raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
+    recipe = {"vit": config.to_dict(), "steps": checks.integer(steps, "steps", minimum=1),
+              "batch": checks.integer(batch, "batch", minimum=1), "lr": checks.number(lr, "lr", low=0.0, low_open=True),
+              "n_train": checks.integer(n_train, "n_train", minimum=1), "p_grey": checks.probability(p_grey, "p_grey"),
+              "seed": checks.integer(seed, "seed", minimum=0)}
+    device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def build() -> Artifact:
+        data = ShapesWorld(seed=0).sample(recipe["n_train"], "train", seed=1, captions=None)
+        X, Y = data.tensor(device), data.label_tensors(device)
+        X_grey = grey(X)
+        torch.manual_seed(recipe["seed"])
+        model = ViTClassifier(config, SHAPE_ATTRIBUTES).to(device)
+
+        def loss_fn(step):
+            i = torch.randint(len(X), (recipe["batch"],), device=device)
+            is_grey = torch.rand(len(i), device=device) < recipe["p_grey"]            # (B,)
+            out = model(torch.where(is_grey[:, None, None, None], X_grey[i], X[i]))
+            weight = {k: torch.ones(len(i), device=device) for k in SHAPE_ATTRIBUTES}
+            weight["colour"] = (~is_grey).float()                                    # no colour label in grey
+
+            def mean(v, k):
+                return (v * weight[k]).sum() / weight[k].sum().clamp(min=1)
+
+            losses = {k: mean(F.cross_entropy(out[k], Y[k][i], reduction="none"), k) for k in SHAPE_ATTRIBUTES}
+            acc = {f"{k} accuracy": mean((out[k].argmax(1) == Y[k][i]).float(), k) for k in SHAPE_ATTRIBUTES}
+            return sum(losses.values()), acc
+
+        desc = (f"ViT, position embeddings {'on' if config.pos_embedding else 'off'}"
+                + (f", {p_grey:.0%} grey" if p_grey else ""))
+        history = train(model, loss_fn, recipe["steps"], lr=recipe["lr"], desc=desc)
+        state = {k: v.cpu() for k, v in model.state_dict().items()}
+        return Artifact("vit-shapes", recipe, state, history=history)
+
+    return cached("vit-shapes", recipe, build, verbose=verbose)
+
+
+def load_classifier(artifact, device: str | torch.device | None = None) -> ViTClassifier:
+    """The :class:`ViTClassifier` stored in an artifact of :func:`train_classifier`, in eval mode."""
+    config = getattr(artifact, "config", None)
+    if not isinstance(config, dict) or "vit" not in config:
+        raise TypeError("artifact must be what vlmlib.vit.train_classifier returned")
+    model = ViTClassifier(ViTConfig(**config["vit"]), SHAPE_ATTRIBUTES)
+    model.load_state_dict(artifact.state_dict)
+    return model.to(device if device is not None else "cpu").eval()
