@@ -162,6 +162,107 @@ def test_bad_input():
         D.sample(model, 2, labels=torch.zeros(2, dtype=torch.long))
 
 
+def _tiny(**kw):
+    return D.Denoiser(D.DiffusionConfig(image_size=8, channels=(8, 8), norm_groups=4, **kw))
+
+
+_S = D.make_schedule()
+_X = torch.zeros(2, 3, 4, 4)
+_NAN = float("nan")
+
+#: (call, exception, a phrase the message must contain): bad input at every public entry point.
+BAD_INPUT = [
+    (lambda: D.make_schedule("linear", 10, beta_start=_NAN), ValueError, "beta_start"),
+    (lambda: D.make_schedule("linear", 10.0), TypeError, "T must be an integer"),
+    (lambda: D.q_sample(_X, 3, _X, torch.full((10,), 1.5)), ValueError, "alpha_bar must hold values in (0, 1]"),
+    (lambda: D.q_sample(_X, 3, _X, torch.full((10,), _NAN)), ValueError, "alpha_bar must hold values in (0, 1]"),
+    (lambda: D.q_sample(_X, 3, _X, torch.zeros(10)), ValueError, "alpha_bar must hold values in (0, 1]"),
+    (lambda: D.ddim_step(_X, 3, _X, _S, eta=_NAN), ValueError, "eta must be a finite number"),
+    (lambda: D.ddim_step(_X, 3, _X, _S, eta="0"), TypeError, "eta must be a number"),
+    (lambda: D.ddim_step(_X, 3.0, _X, _S), TypeError, "t must be an integer"),
+    (lambda: D.ddim_step(_X, 3, _X, _S, x0=torch.zeros(1, 3, 4, 4)), ValueError, "x0 must be a tensor of x_t's shape"),
+    (lambda: D.ddpm_reverse_step(_X, 1000, _X, _S), ValueError, "t must be at most 999"),
+    (lambda: D.noise_step_by_step(_X, -1, _S), ValueError, "t must be at least 0"),
+    (lambda: D.equivalent_noise(_X, torch.zeros(2, 3, 4, 5), 3, _S), ValueError, "xt must have x0's shape"),
+    (lambda: D.target_for("x0", _X, _X, torch.tensor([1, 2]), _S), ValueError, "prediction_type must be one of"),
+    (lambda: D.to_x0_eps(torch.zeros(2, 3, 4, 5), 3, _X, _S), ValueError, "output must be a tensor of x_t's shape"),
+    (lambda: D.timesteps_for(5, 0), ValueError, "T must be at least 1"),
+    (lambda: _tiny(num_classes=24)(torch.zeros(2, 3, 8, 8), torch.tensor([1, 2]), torch.tensor([3, 99])),
+     ValueError, "labels must be class indices in [0, 24]"),
+    (lambda: _tiny(num_classes=24)(torch.zeros(2, 3, 8, 8), torch.tensor([1, 2]), torch.tensor([0.5, 1.0])),
+     TypeError, "labels must hold integer class indices"),
+    (lambda: _tiny()(torch.zeros(2, 3, 16, 16), torch.tensor([1, 2])), ValueError, "x_t must have shape (B, 3, 8, 8)"),
+    (lambda: _tiny()(torch.zeros(2, 3, 8, 8), torch.tensor([1, 1000])), ValueError, "timestep indices"),
+    (lambda: D.to_model_space(torch.full((1, 3, 4, 4), 255.0)), ValueError, "divide by 255"),
+    (lambda: D.class_labels("red", "circle", n=0), ValueError, "n must be at least 1"),
+    (lambda: D.class_labels("red", "circle", n=-3), ValueError, "n must be at least 1"),
+    (lambda: D.class_labels(["red", "blue"], ["circle"]), ValueError, "as many colours as kinds"),
+    (lambda: D.class_labels("red", "circle", n=2.5), TypeError, "n must be an integer"),
+    (lambda: D.EMA(_tiny(), decay=1.0), ValueError, "decay must be <"),
+    (lambda: D.EMA(_tiny()).update(torch.nn.Linear(2, 2)), ValueError, "the module this EMA was made for"),
+    (lambda: D.ema_weights(-1), ValueError, "updates must be at least 0"),
+    (lambda: D.diffusion_loss(_tiny(), torch.zeros(2, 3, 8, 8), min_snr_gamma=-1), ValueError, "min_snr_gamma"),
+    (lambda: D.sample(_tiny(), 2.0), TypeError, "n must be an integer"),
+    (lambda: D.sample(_tiny(), 2, eta=-0.5), ValueError, "eta must be ≥ 0"),
+    (lambda: D.sample(_tiny(num_classes=24), 2, labels=[1, 25]), ValueError, "labels must be class indices in [0, 24]"),
+    (lambda: D.sample(_tiny(num_classes=24), 2, labels=torch.tensor([1])), ValueError, "labels must have 2 entries"),
+    (lambda: D.sample(_tiny(), 2, generator=0), TypeError, "generator must be a torch.Generator"),
+    (lambda: D.default_settings("tpu"), ValueError, "budget must be one of"),
+    (lambda: D.evaluate(_tiny(), n=1), ValueError, "n must be at least 2"),
+    (lambda: D.sample_cached(_tiny(), 0), ValueError, "n must be at least 1"),
+    (lambda: D.weights_sha256("model"), TypeError, "model must be a torch.nn.Module"),
+]
+
+
+@pytest.mark.parametrize("call, error, phrase", BAD_INPUT, ids=[f"case{i}" for i in range(len(BAD_INPUT))])
+def test_bad_input_gets_a_clear_error(call, error, phrase):
+    with pytest.raises(error) as info:
+        call()
+    assert phrase in str(info.value), str(info.value)
+
+
+def test_sample_cached_draws_once_and_loads_the_same_images(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("VLMLIB_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = _tiny(num_classes=24)
+    labels = torch.tensor([0, 5, 23])
+    first = D.sample_cached(model, 3, steps=4, labels=labels, guidance=2.0, seed=1, return_path=True, verbose=False)
+    again = D.sample_cached(model, 3, steps=4, labels=labels, guidance=2.0, seed=1, return_path=True, verbose=False)
+    assert not first["from_cache"] and again["from_cache"]
+    assert torch.equal(first["images"], again["images"]) and again["seconds"] == first["seconds"]
+    direct = D.sample(model, 3, steps=4, labels=labels, guidance=2.0, generator=torch.Generator().manual_seed(1),
+                      show_progress=False)
+    assert torch.equal(again["images"], direct)
+    assert again["path"].shape == (4, 3, 3, 32, 32) and (again["path"] - first["path"]).abs().max() == 0
+    other = D.sample_cached(model, 3, steps=4, labels=labels, guidance=3.0, seed=1, verbose=False)
+    assert not other["from_cache"]                              # another setting: drawn again
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    changed = D.sample_cached(model, 3, steps=4, labels=labels, guidance=2.0, seed=1, verbose=False)
+    assert not changed["from_cache"]                            # other weights: drawn again
+
+
+def test_the_target_comparison_matches_its_tool():
+    """vlmlib/weights/target-comparison.json (chapter 5's table of prediction targets) is what
+    ``python -m tools.compare_targets`` writes for its present settings."""
+    import json
+
+    from tools import compare_targets as tool
+
+    doc = json.loads(tool.RESULT.read_text())
+    assert set(doc["variants"]) == set(tool.VARIANTS) and doc["steps"] == tool.STEPS
+    assert doc["evaluation"] == tool.EVALUATION
+    assert isinstance(doc["judge_config_key"], str) and len(doc["judge_config_key"]) == 16
+    for name, row in doc["variants"].items():
+        config, recipe = tool.settings(name)
+        assert doc["settings"][name] == {"config": config.to_dict(), "recipe": recipe.to_dict()}
+        assert row["prediction_type"] == config.prediction_type and row["min_snr_gamma"] == recipe.min_snr_gamma
+        for key in ("valid", "colour", "kind", "faithful"):
+            assert 0 <= row[key] <= 1 and round(row[key] * doc["evaluation"]["n"]) == pytest.approx(
+                row[key] * doc["evaluation"]["n"], abs=1e-3), (name, key)
+        assert row["fid"] > 0 and row["train_seconds"] > 0
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread (two threads on a busy machine can be 10× slower)."""
@@ -236,33 +337,180 @@ def test_sampler_with_a_perfect_denoiser_returns_the_image(pred, sampler):
     assert torch.allclose(images, D.to_image_space(target).expand(3, -1, -1, -1), atol=1e-4)
 
 
-def test_classifier_free_guidance_follows_the_diffusers_formula():
-    """One DDIM step from t = T−1 returns x̂₀ itself, so it shows the guided prediction directly."""
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.0, 3.5])
+def test_classifier_free_guidance_follows_the_diffusers_formula(w):
+    """One DDIM step from t = T−1 returns x̂₀ itself, so it shows the guided prediction directly.
+
+    The book's w is diffusers' guidance_scale (``noise_uncond + w·(noise_cond − noise_uncond)``) and
+    equals 1 + w' of Ho & Salimans' Eq. 6, ε̃ = (1 + w')·ε(z, c) − w'·ε(z): diffusers' guider computes
+    both (``use_original_formulation=True`` is the paper's form).
+    """
+    from diffusers.guiders import ClassifierFreeGuidance
+
     config = D.DiffusionConfig(image_size=8, channels=(8, 8), norm_groups=4, num_classes=D.NUM_CLASSES)
     model = D.Denoiser(config)
     labels = D.class_labels(["red", "cyan"], ["square", "triangle"])
     seen = []
 
-    def fake(x_t, t, labels=None):          # x̂₀ depends on the label: class c predicts c/100
+    def fake(x_t, t, labels=None):          # x̂₀ depends on the label: class c predicts c/100 − 0.1
         seen.append(labels.clone())
-        return (labels.float() / 100).reshape(-1, 1, 1, 1).expand_as(x_t)
+        return (labels.float() / 100 - 0.1).reshape(-1, 1, 1, 1).expand_as(x_t)
 
     model.forward = fake
-    x = D.sample(model, 2, steps=1, labels=labels, guidance=3.0, out_size=8, show_progress=False,
+    x = D.sample(model, 2, steps=1, labels=labels, guidance=w, out_size=8, show_progress=False,
                  generator=torch.Generator().manual_seed(0))
-    u, c = D.NUM_CLASSES / 100, labels.float() / 100
-    expected = (u + 3.0 * (c - u)).clamp(-1, 1)                # ε(∅) + w·(ε(y) − ε(∅)), here in x̂₀
-    # (x̂₀ goes through ε and back at ᾱ ≈ 0, which costs float32 a little precision)
-    assert torch.allclose(x, D.to_image_space(expected.reshape(-1, 1, 1, 1).expand(2, 3, 8, 8)), atol=2e-3)
-    assert seen[-1].tolist() == [D.NUM_CLASSES] * 2 + labels.tolist()   # one batch: unconditional, then labelled
-    seen.clear()
-    plain = D.sample(model, 2, steps=1, labels=labels, out_size=8, show_progress=False)
-    assert len(seen) == 1
-    assert torch.allclose(plain, D.to_image_space(c.reshape(-1, 1, 1, 1).expand(2, 3, 8, 8)), atol=2e-3)
+    u = torch.full((2, 3, 8, 8), D.NUM_CLASSES / 100 - 0.1)
+    c = (labels.float() / 100 - 0.1).reshape(-1, 1, 1, 1).expand(2, 3, 8, 8)
+    diffusers_form = ClassifierFreeGuidance(guidance_scale=w).forward(c, u).pred
+    paper_form = ClassifierFreeGuidance(guidance_scale=w - 1, use_original_formulation=True).forward(c, u).pred
+    assert torch.allclose(diffusers_form, u + w * (c - u)) and torch.allclose(paper_form, diffusers_form)
+    assert torch.allclose(x, D.to_image_space(diffusers_form), atol=1e-6)
+    if w != 1:                              # one batch: unconditional, then labelled
+        assert seen[-1].tolist() == [D.NUM_CLASSES] * 2 + labels.tolist()
+    else:                                   # no guidance: one evaluation with the labels
+        assert len(seen) == 1 and seen[0].tolist() == labels.tolist()
     with pytest.raises(ValueError, match="guidance"):
         D.sample(model, 2, labels=labels, guidance=float("nan"))
     with pytest.raises(ValueError, match="guidance needs labels"):
         D.sample(model, 2, guidance=2.0)
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sampling_in_float32_stays_close_to_the_float64_reference(pred, sampler, one_thread):
+    """A fixed random model sampled in float32 and in float64 from the same noise (cosine schedule,
+    where √ᾱ at t = T is about 1/20,000). Re-deriving x̂₀ from ε inside the step amplified float32
+    rounding to ~1e-4 here (1.7e-3 with 1,000 steps); using the clamped x̂₀ directly keeps it ~1e-6."""
+    import copy
+
+    torch.manual_seed(0)
+    config = D.DiffusionConfig(image_size=8, channels=(8, 8), norm_groups=4, schedule="cosine", prediction_type=pred)
+    model = D.Denoiser(config)
+    reference = copy.deepcopy(model).double()
+    kw = dict(steps=20, sampler=sampler, out_size=8, show_progress=False)
+    single = D.sample(model, 4, generator=torch.Generator().manual_seed(0), **kw)
+    double = D.sample(reference, 4, generator=torch.Generator().manual_seed(0), **kw)
+    assert single.dtype == torch.float32 and double.dtype == torch.float64
+    assert (single.double() - double).abs().max().item() < 2e-5
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("gamma", [0.0, 5.0])
+def test_min_snr_weights_equal_diffusers(pred, gamma):
+    """diffusion_loss against diffusers' training_utils.compute_snr and the Min-SNR weighting of
+    examples/text_to_image/train_text_to_image.py (--snr_gamma): min(SNR, γ), then / SNR for ε and
+    / (SNR + 1) for v; x₀ keeps min(SNR, γ)."""
+    import torch.nn.functional as F
+    from diffusers.training_utils import compute_snr
+
+    config = D.DiffusionConfig(image_size=8, channels=(8, 8), norm_groups=4, schedule="cosine", prediction_type=pred)
+    model = D.Denoiser(config)
+    weight = torch.randn(3, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+
+    def fake(x_t, t, labels=None):         # a fixed, t-dependent function of x_t
+        return torch.einsum("oc,bchw->bohw", weight[:, :, 0, 0], x_t) * (t.float() / 1000).reshape(-1, 1, 1, 1)
+
+    model.forward = fake
+    x0 = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    ours = D.diffusion_loss(model, x0, generator=torch.Generator().manual_seed(3), min_snr_gamma=gamma)
+
+    g = torch.Generator().manual_seed(3)    # the same draws as diffusion_loss: t, then ε
+    t = torch.randint(0, 1000, (16,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=pred)
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = {"epsilon": noise, "sample": x0, "v_prediction": scheduler.get_velocity(x0, noise, t)}[pred]
+    loss = F.mse_loss(fake(noisy, t).float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+    if gamma:
+        snr = compute_snr(scheduler, t)
+        w = torch.stack([snr, gamma * torch.ones_like(t)], dim=1).min(dim=1)[0]
+        if pred == "epsilon":
+            w = w / snr
+        elif pred == "v_prediction":
+            w = w / (snr + 1)
+        loss = loss * w
+    assert ours.item() == pytest.approx(loss.mean().item(), rel=1e-5)
+
+
+def _nudge(net, seed):
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+
+
+def test_ema_equals_diffusers_ema_model_one_update_later():
+    """diffusion.EMA's decay at update n, min(d, (1+n)/(10+n)), is EMAModel's at update n + 1
+    (EMAModel's first update has decay 0): stepping EMAModel once on the starting weights makes
+    the two equal, and without that step they are not."""
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    ours = D.EMA(net, decay=0.9)                                 # 0.9 is reached at update 80
+    ref = EMAModel(net.parameters(), decay=0.9)
+    ref.step(net.parameters())                                   # decay 0: a copy of the start
+    unshifted = EMAModel(net.parameters(), decay=0.9)
+    for i in range(120):
+        _nudge(net, i)
+        ours.update(net)
+        ref.step(net.parameters())
+        unshifted.step(net.parameters())
+        if i == 0:                                               # at the first update, the offset shows
+            assert not torch.allclose(ours.state_dict()["weight"], unshifted.shadow_params[0], atol=0.05)
+    shadow = ours.state_dict()
+    for name, r in zip(("weight", "bias"), ref.shadow_params):
+        assert torch.allclose(shadow[name], r, atol=1e-5)
+    # ema_weights says how much each step counts: the average of the iterates with those weights
+    w = D.ema_weights(120, decay=0.9)
+    assert w.sum().item() == pytest.approx(1.0) and len(w) == 121
+
+
+def test_ema_weights_reproduce_the_average():
+    net = torch.nn.Linear(1, 1, bias=False)
+    values = [net.weight.item()]
+    ema = D.EMA(net, decay=0.95)
+    for i in range(50):
+        _nudge(net, i)
+        values.append(net.weight.item())
+        ema.update(net)
+    w = D.ema_weights(50, decay=0.95)
+    assert ema.state_dict()["weight"].item() == pytest.approx(float((w * torch.tensor(values, dtype=torch.float64)).sum()), abs=1e-5)
+    assert torch.equal(D.ema_weights(0), torch.ones(1, dtype=torch.float64))
+    assert D.ema_weights(10, 0.5, warmup=False)[-1].item() == pytest.approx(0.5)
+
+
+def test_toolkit_ema_equals_diffusers_ema_model_from_the_second_update(monkeypatch, one_thread):
+    """Chapter 4's EMA (vlmlib.toolkit.train_diffusion) uses decay min(0.995, (1+s)/(10+s)) after
+    step s = 0, 1, …: its first update keeps 10% of the starting weights where EMAModel's first
+    update (decay 0) copies the weights; from the second update on the two apply the same decays."""
+    from diffusers.training_utils import EMAModel
+
+    from vlmlib import toolkit
+
+    snapshots = []
+    real_train = toolkit.train
+
+    def spy(model, loss_fn, steps, after_step=None, **kw):
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+
+        def hooked(step):
+            snapshots.append([p.detach().clone() for p in model.parameters()])
+            after_step(step)
+
+        return real_train(model, loss_fn, steps, after_step=hooked, **kw)
+
+    monkeypatch.setattr(toolkit, "train", spy)
+    images = torch.rand(32, 8, 8, generator=torch.Generator().manual_seed(0))
+    ema, _ = toolkit.train_diffusion(images, steps=15, batch=8, hidden=16, depth=1, timesteps=50, desc="ema test")
+    assert len(snapshots) == 16
+    first = [0.1 * s + 0.9 * p for s, p in zip(snapshots[0], snapshots[1])]   # toolkit's first update
+    ref = EMAModel([torch.nn.Parameter(f.clone()) for f in first], decay=0.995)
+    ref.optimization_step = 1                                   # EMAModel's next decay is 2/11, as the toolkit's
+    for params in snapshots[2:]:
+        ref.step([torch.nn.Parameter(p.clone()) for p in params])
+    for ours, theirs in zip(ema.parameters(), ref.shadow_params):
+        assert torch.allclose(ours, theirs, atol=1e-6)
 
 
 def test_checkpoint_round_trip_and_bad_files(tmp_path):
