@@ -1,6 +1,6 @@
 """The judge scores generated images in later chapters, so it is held to measured bars here.
 
-The module-scoped fixture loads it with ``load_judge`` (trained on first use, under a minute on one CPU).
+The module-scoped fixture loads it with ``load_judge`` (trained on first use, a few minutes on one CPU, then cached).
 """
 
 import numpy as np
@@ -131,8 +131,67 @@ def test_score_reports_validity_fid_coverage_and_faithfulness(model, real):
     assert noise["valid"] <= 0.01 and noise["coverage"] <= 0.05 and noise["fid"] > 100 * test["fid"]
     with pytest.raises(ValueError, match="unknown attribute"):
         judge.score(data.tensor()[:10], labels={"shape": data.labels["kind"][:10]}, model=model)
-    with pytest.raises(ValueError, match=r"shape \(10,\)"):
+    with pytest.raises(ValueError, match=r"labels\['kind'\] must have 10 entries"):
         judge.score(data.tensor()[:10], labels={"kind": data.labels["kind"]}, model=model)
+    with pytest.raises(ValueError, match=r"labels\['colour'\] must be class indices in \[0, 5\]"):
+        judge.score(data.tensor()[:4], labels={"colour": [0, 1, 2, 99]}, model=model)
+    with pytest.raises(TypeError, match=r"labels\['size'\] must hold integer class indices"):
+        judge.score(data.tensor()[:2], labels={"size": [0.0, 1.0]}, model=model)
+
+
+# -- shapes moved off ShapesWorld's places -----------------------------------------------------------
+def test_the_judge_reads_the_kind_of_shapes_moved_by_up_to_4_pixels(model):
+    tolerance = judge.shift_tolerance(model, shifts=(0, 1, 2, 3, 4), n=1000, seed=3000)
+    assert set(tolerance) == {0, 1, 2, 3, 4}
+    assert all(acc >= 0.9 for acc in tolerance.values()), tolerance
+
+
+def test_evaluate_reports_the_shift_tolerance(model):
+    metrics = judge.evaluate(model, n=200)
+    assert all(0 <= metrics[f"kind_shift_{s}px"] <= 1 for s in range(5))
+
+
+@pytest.mark.parametrize("shift", [0, 1, 3, 4])
+def test_shift_shapes_moves_whole_shapes_and_keeps_every_pixel(shift):
+    data = ShapesWorld(noise=0.0, seed=0).sample(300, split="all", seed=7, captions=None)
+    x = data.tensor()
+    moved, offsets, whole = judge.shift_shapes(data, shift, seed=1)
+    assert moved.shape == x.shape and offsets.shape == (300, 2) and whole.dtype == torch.bool
+    box = judge.footprint_box(data.shapes)
+    cut = (box[:, 0] < 0) | (box[:, 1] > 31) | (box[:, 2] < 0) | (box[:, 3] > 31)
+    assert 0.1 < cut.float().mean() < 0.5 and not whole[cut].any() and whole.float().mean() > 0.5
+    assert torch.equal(moved[~whole], x[~whole]) and (offsets[~whole] == 0).all()
+    assert (offsets[whole].abs().amax(1) == shift).all()
+    assert ((offsets[whole] == 0) | (offsets[whole].abs() == shift)).all()          # one of eight directions
+    if shift:
+        assert len(torch.unique(offsets[whole], dim=0)) == 8
+    before, after = judge.shape_mask(x), judge.shape_mask(moved)
+    assert torch.equal(before.sum((1, 2)), after.sum((1, 2)))                        # no pixel lost
+    grid = torch.stack(torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="xy"))   # (x, y) of pixels
+    def centroid(mask):
+        return (grid[None] * mask[:, None]).sum((2, 3)) / mask.sum((1, 2))[:, None]
+    assert torch.allclose(centroid(after[whole]) - centroid(before[whole]), offsets[whole].float(), atol=1e-4)
+    for i in torch.nonzero(whole)[:20, 0].tolist():                                 # the background is filled in
+        background = x[i].flatten(1).median(-1).values
+        assert torch.allclose(moved[i][:, ~after[i]], background[:, None], atol=1e-6, rtol=0)
+    # the moved shapes' pixels are the original shape's pixels
+    assert torch.equal(moved[whole][after[whole][:, None].expand(-1, 3, -1, -1)].sort().values,
+                       x[whole][before[whole][:, None].expand(-1, 3, -1, -1)].sort().values)
+
+
+def test_shift_shapes_refuses_noisy_images_and_bad_arguments():
+    noisy = ShapesWorld(seed=0).sample(10, split="all", seed=7, captions=None)
+    with pytest.raises(ValueError, match="without pixel noise"):
+        judge.shift_shapes(noisy, 2)
+    clean = ShapesWorld(noise=0.0, seed=0).sample(10, split="all", seed=7, captions=None)
+    with pytest.raises(TypeError, match="ShapesData"):
+        judge.shift_shapes(clean.tensor(), 2)
+    with pytest.raises(ValueError, match="shift must be at least 0"):
+        judge.shift_shapes(clean, -1)
+    with pytest.raises(TypeError, match="model must be a Judge"):
+        judge.shift_tolerance("judge")
+    with pytest.raises(ValueError, match="attribute must be one of"):
+        judge.shift_tolerance(judge.Judge(), attribute="shape")
 
 
 # -- corruptions and bad input ---------------------------------------------------------------------
@@ -155,16 +214,25 @@ def test_corrupt_keeps_the_colours_when_it_moves_pixels():
 @pytest.mark.parametrize("images, error, match", [
     (torch.rand(2, 3, 16, 16), ValueError, r"shape \(N, 3, 32, 32\)"),
     (torch.rand(3, 32, 32), ValueError, r"shape \(N, 3, 32, 32\)"),
-    (torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), ValueError, "floating point"),
-    (torch.rand(2, 3, 32, 32) * 2 - 1, ValueError, r"values in \[0, 1\]"),
+    (torch.randint(0, 255, (2, 3, 32, 32)), TypeError, "floating point"),
+    (torch.rand(2, 3, 32, 32) * 2 - 1, ValueError, r"values in \[0\.0, 1\.0\].*\(x \+ 1\) / 2"),
+    (torch.rand(2, 3, 32, 32) * 255, ValueError, "divide by 255"),
     (torch.full((2, 3, 32, 32), float("nan")), ValueError, "NaN"),
-    (np.zeros((2, 3, 32, 32), dtype=np.float32), TypeError, "torch.Tensor"),
+    ([[0.5] * 32] * 3, TypeError, "torch.Tensor"),
 ])
 def test_bad_images_are_clear_errors(model, images, error, match):
     for fn in (model.read, model.validity, model.features, lambda x: judge.corrupt(x, "noise", 0.5),
                lambda x: judge.score(x, model=model)):
         with pytest.raises(error, match=match):
             fn(images)
+
+
+def test_images_that_students_naturally_have_are_converted(model):
+    x = ShapesWorld(seed=0).sample(8, split="test", seed=0, captions=None).tensor()
+    as_bytes = (x * 255).round().to(torch.uint8)
+    assert torch.equal(model.read(as_bytes)["kind"], model.read(as_bytes.float() / 255)["kind"])
+    assert torch.allclose(model.validity(x.double()), model.validity(x))
+    assert torch.allclose(model.features(x.numpy()), model.features(x))
 
 
 def test_bad_arguments_are_clear_errors():
@@ -179,5 +247,7 @@ def test_bad_arguments_are_clear_errors():
         judge.JudgeConfig(channels=(16, 0, 32))
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         judge.JudgeConfig(steps=0)
+    with pytest.raises(ValueError, match="max_shift must be at most 8"):
+        judge.JudgeConfig(max_shift=9)
     with pytest.raises(TypeError, match="config must be a JudgeConfig"):
         judge.load_judge(config={"width": 16})

@@ -1,6 +1,6 @@
 """The judge: a small classifier that scores images as ShapesWorld would.
 
-Used from chapter 4 on to score generated images; it stands in for the Inception and CLIP scores of
+Used from chapter 5 on to score generated images; it stands in for the Inception and CLIP scores of
 the field. A small CNN reads an image of one shape (32×32, values in [0, 1]) and gives
 
 - :meth:`Judge.read`: the shape's colour, kind, size and position (for prompt faithfulness);
@@ -16,6 +16,11 @@ corruptions used in training and in the tests (amount 0 leaves an image unchange
 The positives are drawn with anywhere from no pixel noise to more than ShapesWorld's own, and
 mirrored: generators rarely reproduce the exact pixel noise, and that must not make a good shape
 invalid. At inference the judge averages its logits over each image and its mirror image.
+
+ShapesWorld draws a shape within ±2 px of its grid cell's centre, but generated and moving shapes
+are rarely on that grid. So the positives are also moved by up to ``JudgeConfig.max_shift`` pixels
+in x and y (:func:`shift_shapes`: whole shapes only, the background filled in), and
+:func:`shift_tolerance` measures how well the judge reads the kind of a shape moved off its place.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import checks
 from .cache import Artifact, cached
-from .shapesworld import ATTRIBUTES, COLOUR_NAMES, KINDS, ShapesWorld
+from .shapesworld import _SDF, ATTRIBUTES, COLOUR_NAMES, KINDS, Shape, ShapesData, ShapesWorld
 
 CORRUPTIONS = ("noise", "blur", "scramble", "patches")
 #: Blur's standard deviation in pixels at amount 1.
@@ -47,12 +53,15 @@ class JudgeConfig:
     """The judge's network and training recipe (together they key its cache entry)."""
 
     channels: tuple[int, ...] = (16, 32, 64)   # one stride-2 stage each: 32 -> 16 -> 8 -> 4 pixels
+    stem: int = 16                # channels of a first 3×3 convolution at full resolution (0: none)
+    pool: bool = True             # the feature layer also sees each channel's maximum over the 4×4 map
     feature_dim: int = 128        # the penultimate layer (FID features)
-    steps: int = 1000
+    steps: int = 1250             # 1000 before the judge learnt moved shapes
     batch_size: int = 128
     real_fraction: float = 0.5    # of each batch; the rest are negatives
-    lr: float = 6e-3
+    lr: float = 3e-3              # 6e-3 before; with moved shapes, it left the FID features saturated on heavy noise
     n_train: int = 8_000          # real training images (ShapesWorld split "all", so every combination)
+    max_shift: int = 4            # real images are moved by up to this many pixels in x and y (0: never)
     seed: int = 0
     world_seed: int = 0
 
@@ -70,6 +79,10 @@ class JudgeConfig:
             raise ValueError(f"JudgeConfig.real_fraction must lie strictly between 0 and 1, got {self.real_fraction!r}")
         if not isinstance(self.lr, (int, float)) or self.lr <= 0:
             raise ValueError(f"JudgeConfig.lr must be a positive number, got {self.lr!r}")
+        self.max_shift = checks.integer(self.max_shift, "JudgeConfig.max_shift", minimum=0, maximum=8)
+        self.stem = checks.integer(self.stem, "JudgeConfig.stem", minimum=0)
+        if not isinstance(self.pool, bool):
+            raise TypeError(f"JudgeConfig.pool must be True or False, got {self.pool!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,22 +90,17 @@ class JudgeConfig:
 
 # -- checking inputs ------------------------------------------------------------------------------
 def check_images(images: Any, what: str = "images") -> torch.Tensor:
-    """Check that ``images`` is a float tensor (N, 3, 32, 32) of finite values in [0, 1]; return it."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor of shape (N, 3, 32, 32), got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise ValueError(f"{what} must be floating point with values in [0, 1], got dtype {images.dtype}")
-    if images.ndim != 4 or tuple(images.shape[1:]) != (3, 32, 32):
-        raise ValueError(f"{what} must have shape (N, 3, 32, 32), got {tuple(images.shape)}")
-    if len(images) == 0:
-        raise ValueError(f"{what} is empty")
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{what} hold NaN or infinite values")
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -1e-4 or hi > 1 + 1e-4:
-        raise ValueError(f"{what} must have values in [0, 1], got [{lo:.3g}, {hi:.3g}]; "
-                         "rescale them (e.g. (x + 1) / 2) and clamp first")
-    return images
+    """Check that ``images`` is a batch (N, 3, 32, 32) of finite values in [0, 1]; return it as float32.
+
+    A thin wrapper of :func:`vlmlib.checks.images`: NumPy arrays, float64 and uint8 images (divided
+    by 255) are converted; images in the model space [-1, 1] are an error with a hint.
+    """
+    try:
+        return checks.images(images, what, shape=(3, 32, 32), low=0.0, high=1.0)
+    except ValueError as error:
+        if "values in" in str(error) and "255" not in str(error):
+            raise ValueError(f"{error}; rescale them (e.g. (x + 1) / 2 from [-1, 1]) and clamp first") from None
+        raise
 
 
 def _check_amount(amount: Any) -> float:
@@ -182,9 +190,134 @@ def corrupt(images: torch.Tensor, kind: str, amount: float, seed: int = 0) -> to
     return out.clamp(0, 1).to(images.device, images.dtype)
 
 
+# -- moving whole shapes --------------------------------------------------------------------------
+#: The eight directions of :func:`shift_shapes`, as (dx, dy) signs: the four axes and the four diagonals.
+DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
+
+
+def shape_mask(images: torch.Tensor) -> torch.Tensor:
+    """The pixels (N, H, W) that differ from the background in clean renders (ShapesWorld with ``noise=0``).
+
+    The background of a clean render is flat and covers most of the image, so its colour is each
+    channel's median; a pixel belongs to the shape if any channel differs from it.
+    """
+    background = images.flatten(2).median(-1).values[:, :, None, None]
+    return (images - background).abs().amax(1) > 1e-6
+
+
+def footprint_box(shapes: Sequence[Sequence[Shape]], size: int = 32, pad: int = 12) -> torch.Tensor:
+    """(N, 4): the first and last column and row (x0, x1, y0, y1) that the first shape of each scene
+    covers, in image pixels, computed from its geometry, so beyond the image too (ShapesWorld cuts a
+    large shape drawn near an edge: then x0 or y0 < 0, or x1 or y1 > size - 1)."""
+    grid = np.arange(-pad, size + pad, dtype=np.float32) + 0.5
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    boxes = []
+    for scene in shapes:
+        s = scene[0]
+        cover = _SDF[s.kind](xx - np.float32(s.x), yy - np.float32(s.y), np.float32(s.radius)) + 0.5 > 0
+        cols, rows = np.nonzero(cover.any(0))[0] - pad, np.nonzero(cover.any(1))[0] - pad
+        boxes.append((cols[0], cols[-1], rows[0], rows[-1]))
+    return torch.tensor(np.array(boxes, dtype=np.int64).reshape(-1, 4))
+
+
+def _inside(box: torch.Tensor, dx: torch.Tensor | int, dy: torch.Tensor | int, size: int) -> torch.Tensor:
+    """Whether each shape, moved by (dx, dy), lies wholly inside the image."""
+    x0, x1, y0, y1 = box.unbind(1)
+    return (x0 + dx >= 0) & (x1 + dx <= size - 1) & (y0 + dy >= 0) & (y1 + dy <= size - 1)
+
+
+def _translate(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Roll each image by its own (dx, dy) pixels (x right, y down). What leaves one edge comes in at the
+    other, so where only background crosses the edges this is a move with the background filled in."""
+    n, c, h, w = images.shape
+    rows = (torch.arange(h)[None] - dy[:, None]) % h                      # (N, H): source row of each row
+    cols = (torch.arange(w)[None] - dx[:, None]) % w
+    out = images[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]   # (N, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def shift_shapes(data: ShapesData, shift: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move the shape of each image by ``shift`` pixels in a random direction in which it stays whole.
+
+    ``data`` is a ShapesWorld sample without pixel noise (``ShapesWorld(noise=0).sample(...)``), one
+    shape per image. A shape is *whole* when every pixel that it covers lies inside the image
+    (:func:`footprint_box`); ShapesWorld cuts about a quarter of its shapes (large ones in edge
+    cells), and those are left where they are. For each whole shape, a direction is drawn among
+    the eight of :data:`DIRECTIONS` (x, y or both change by ``shift``, either sign) in which it
+    stays whole, and the image is rolled: only background crosses the edges, so the background is
+    filled in and the shape keeps every pixel. Returns ``(moved, offsets, whole)``: the images
+    (N, 3, H, W), the offsets (N, 2) as (dx, dy) in pixels, and which shapes are whole after the
+    move (N,); a shape that no direction keeps whole stays put with ``whole`` False. Add pixel
+    noise afterwards if the images should look like ShapesWorld's.
+    """
+    if not isinstance(data, ShapesData):
+        raise TypeError(f"data must be a ShapesData (ShapesWorld(noise=0).sample(...)), got {type(data).__name__}")
+    shift = checks.integer(shift, "shift", minimum=0, maximum=16)
+    seed = checks.integer(seed, "seed", minimum=0)
+    images, size = data.tensor(), data.images.shape[1]
+    box = footprint_box(data.shapes, size)
+    area = (box[:, 1] - box[:, 0] + 1) * (box[:, 3] - box[:, 2] + 1)
+    if (shape_mask(images).sum((1, 2)) > area).any() or (data.labels["count"] > 1).any():
+        raise ValueError("shift_shapes needs images of one shape without pixel noise: "
+                         "draw them with ShapesWorld(noise=0, max_shapes=1)")
+    n, dirs = len(images), torch.tensor(DIRECTIONS)
+    ok = torch.stack([_inside(box, shift * sx, shift * sy, size) for sx, sy in DIRECTIONS], 1)    # (N, 8)
+    ok &= _inside(box, 0, 0, size)[:, None]                           # a cut shape cannot be made whole
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.where(ok, torch.rand(n, len(DIRECTIONS), generator=g), -1.0).argmax(1)
+    whole = ok.any(1)
+    offsets = torch.where(whole[:, None], shift * dirs[pick], 0)
+    return _translate(images, offsets[:, 0], offsets[:, 1]), offsets, whole
+
+
+def shift_tolerance(model: "Judge", shifts: Sequence[int] = (0, 1, 2, 3, 4), n: int = 1000, seed: int = 2000,
+                    world_seed: int = 0, attribute: str = "kind") -> dict[int, float]:
+    """How well the judge reads shapes moved off the places where ShapesWorld draws them.
+
+    For each shift s: ``n`` ShapesWorld images of every colour–kind pair (split ``"all"``, sample
+    seed ``seed``, which training does not use) are rendered without pixel noise; each shape is
+    moved by s pixels with :func:`shift_shapes` (in a random one of the eight directions in which it
+    stays whole: x, y or both change by s), ShapesWorld's pixel noise (std 0.03) is added, and the
+    judge reads the images. Returns ``{s: accuracy}``: the fraction of the whole shapes whose
+    ``attribute`` (by default the kind) the judge reads right. Shapes that an edge cuts where
+    ShapesWorld draws them (about a quarter) are left out, at every s, 0 included. For
+    ``"position"``, the right answer is the grid cell that holds the moved shape's centre
+    (ShapesWorld's own rule, :func:`~vlmlib.shapesworld.position_name`); a shape moved by 4 px can
+    cross into the next cell, where it is near the border between two cells.
+    """
+    if not isinstance(model, Judge):
+        raise TypeError(f"model must be a Judge, got {type(model).__name__}")
+    attribute = checks.choice(attribute, "attribute", ATTRIBUTES)
+    n = checks.integer(n, "n", minimum=1)
+    shifts = [checks.integer(s, "shifts[]", minimum=0, maximum=16) for s in shifts]
+    world = ShapesWorld(noise=0.0, seed=world_seed)
+    data = world.sample(n, split="all", seed=seed, captions=None)
+    labels = data.label_tensors()[attribute]
+    centres = torch.tensor([[s[0].x, s[0].y] for s in data.shapes])
+    out = {}
+    for i, s in enumerate(shifts):
+        moved, offsets, whole = shift_shapes(data, s, seed=seed + i)
+        noise = 0.03 * torch.randn(moved.shape, generator=torch.Generator().manual_seed(seed + i))
+        moved = (moved + noise).clamp(0, 1)
+        truth = _cell(centres + offsets) if attribute == "position" else labels
+        pred = model.read(moved[whole])[attribute]
+        out[s] = (pred == truth[whole]).float().mean().item()
+    return out
+
+
+def _cell(centres: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """The grid cell (index into POSITIONS) that holds each centre (N, 2) in pixels (as position_name)."""
+    col, row = (3 * centres / size).floor().long().clamp(0, 2).unbind(1)
+    return 3 * row + col
+
+
 # -- the network ----------------------------------------------------------------------------------
 class Judge(nn.Module):
-    """A small CNN: three stride-2 stages (32 → 16 → 8 → 4 pixels), a feature layer, five heads.
+    """A small CNN: a full-resolution stem, three stride-2 stages (32 → 16 → 8 → 4 pixels), a feature
+    layer, five heads. The feature layer reads the 4×4 map both as it lies (where things are) and as
+    each channel's maximum over it (what is there, wherever it is). (Without the stem and the
+    maximum, a judge trained on moved shapes mixed up small circles and squares, and triangles and
+    crosses: a first stride-2 stage sees a small shape's outline only coarsely.)
 
     Two coordinate channels (x and y in [-1, 1]) are added to the image so that position is easy
     to read. The heads: one per attribute of :data:`~vlmlib.shapesworld.ATTRIBUTES` and a realness logit.
@@ -199,19 +332,25 @@ class Judge(nn.Module):
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)     # (1, 2, 32, 32)
 
         layers, cin = [], 5                                    # RGB and the two coordinate channels
-        for cout in c.channels:                                # downsampling at once keeps a CPU step fast
+        if c.stem:                                             # full resolution: tells a small circle from a square
+            layers += [nn.Conv2d(cin, c.stem, 3, padding=1, bias=False), nn.BatchNorm2d(c.stem), nn.ReLU(inplace=True)]
+            cin = c.stem
+        for cout in c.channels:                                # downsampling from then on keeps a CPU step fast
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
                        nn.ReLU(inplace=True)]
             cin = cout
         self.body = nn.Sequential(*layers)                                                  # (N, C, 4, 4)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(cin * 16, c.feature_dim), nn.ReLU(inplace=True))
+        self.fc = nn.Sequential(nn.Linear(cin * (17 if c.pool else 16), c.feature_dim), nn.ReLU(inplace=True))
         self.heads = nn.ModuleDict({name: nn.Linear(c.feature_dim, len(v)) for name, v in ATTRIBUTES.items()})
         self.real = nn.Linear(c.feature_dim, 1)
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         x = torch.cat([images, self.coords.expand(len(images), -1, -1, -1)], dim=1)
         x = x.contiguous(memory_format=torch.channels_last)             # about 1.5× faster convolutions on CPUs
-        return self.fc(self.body(x))
+        h = self.body(x)                                                                    # (N, C, 4, 4)
+        if self.config.pool:                          # the same evidence wherever the shape lies
+            return self.fc(torch.cat([h.flatten(1), h.amax((2, 3))], 1))
+        return self.fc(h.flatten(1))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits: attribute -> (N, classes), and ``"real"`` -> (N,). No input checks (used in training)."""
@@ -270,6 +409,10 @@ class _Batches:
         data = world.sample(config.n_train, split="all", seed=config.seed, captions=None)
         self.images = data.tensor()
         self.labels = data.label_tensors()
+        self.max_shift = config.max_shift
+        if self.max_shift:                          # where each shape lies, to move it and name its new cell
+            self.box = footprint_box(data.shapes)
+            self.centres = torch.tensor([[s[0].x, s[0].y] for s in data.shapes])
         many = ShapesWorld(max_shapes=4, noise=0.0, seed=config.world_seed)
         multi = many.sample(max(500, config.n_train // 8), split="all", seed=config.seed, captions=None)
         self.multi = multi.tensor()[torch.from_numpy(multi.labels["count"] >= 2)]
@@ -300,7 +443,27 @@ class _Batches:
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         p = labels["position"]
         labels["position"] = torch.where(flip, torch.tensor(_MIRROR)[p], p)
+        if self.max_shift:
+            x, labels["position"] = self._shift(x, idx, flip)
         return self._noisy(x), labels
+
+    def _shift(self, x: torch.Tensor, idx: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move each (possibly mirrored) shape by up to max_shift pixels in x and y, uniformly among the moves
+        that keep it whole (a shape that an edge cuts is not moved across that edge's axis). Its position
+        becomes the cell that holds its centre."""
+        size, m = x.shape[-1], self.max_shift
+        x0, x1, y0, y1 = self.box[idx].unbind(1)
+        x0, x1 = torch.where(flip, size - 1 - x1, x0), torch.where(flip, size - 1 - x0, x1)
+        cx, cy = self.centres[idx].unbind(1)
+        cx = torch.where(flip, size - cx, cx)
+
+        def draw(lo, hi, first, last):
+            lo, hi = lo.clamp(min=-m), hi.clamp(max=m)
+            d = lo + (torch.rand(len(lo), generator=self.g) * (hi - lo + 1)).floor().long()
+            return torch.where((first >= 0) & (last <= size - 1), d, 0)      # cut by an edge: no move
+        dx = draw(-x0, size - 1 - x1, x0, x1)
+        dy = draw(-y0, size - 1 - y1, y0, y1)
+        return _translate(x, dx, dy), _cell(torch.stack([cx + dx, cy + dy], 1), size)
 
     def _negatives(self, n: int) -> torch.Tensor:
         kinds = len(self.NEGATIVES)
@@ -362,7 +525,8 @@ def train_judge(config: JudgeConfig | None = None, desc: str = "training the jud
 
 
 def evaluate(model: Judge, n: int = 1000, seed: int = 1000, world_seed: int = 0) -> dict[str, float]:
-    """Accuracy per attribute on real test and holdout images, and the valid fraction of real images and noise."""
+    """Accuracy per attribute on real test and holdout images, the valid fraction of real images and noise,
+    and ``kind_shift_{s}px``: the kind accuracy on whole shapes moved by s = 0..4 pixels (:func:`shift_tolerance`)."""
     world = ShapesWorld(seed=world_seed)
     metrics: dict[str, float] = {}
     for split in ("test", "holdout"):
@@ -377,6 +541,8 @@ def evaluate(model: Judge, n: int = 1000, seed: int = 1000, world_seed: int = 0)
              "uniform": torch.rand(n, 3, 32, 32, generator=g)}
     for name, x in noise.items():
         metrics[f"{name}_noise_valid"] = (model.validity(x) > 0.5).float().mean().item()
+    for s, acc in shift_tolerance(model, n=n, world_seed=world_seed).items():
+        metrics[f"kind_shift_{s}px"] = acc
     return metrics
 
 
@@ -385,7 +551,7 @@ _LOADED: dict[str, tuple[Judge, Artifact]] = {}
 
 def load_judge(device: str | torch.device | None = None, verbose: bool = True,
                config: JudgeConfig | None = None) -> tuple[Judge, Artifact]:
-    """The course's judge (trained on first use, in under a minute on one CPU core, then cached).
+    """The course's judge (trained on first use, in a few minutes on one CPU core, then cached).
 
     Returns ``(model, artifact)``; ``artifact.metrics`` holds its accuracy and validity measured
     when it was trained. The model is kept in memory, so later calls in the same process are free.
@@ -478,11 +644,19 @@ def score(images: torch.Tensor, reference: torch.Tensor | None = None,
     ``model`` defaults to :func:`load_judge`'s judge on the CPU.
     """
     images = check_images(images)
+    if len(images) < 2:
+        raise ValueError("score needs at least 2 images (to fit the FID's Gaussian)")
+    if labels is not None:                                  # checked before any work is done
+        if not isinstance(labels, Mapping) or not labels:
+            raise TypeError("labels must be a dict mapping attribute names to class indices (N,)")
+        for k in labels:
+            if k not in ATTRIBUTES:
+                raise ValueError(f"unknown attribute {k!r}; expected some of {list(ATTRIBUTES)}")
+        labels = {k: checks.labels(v, f"labels[{k!r}]", classes=len(ATTRIBUTES[k]), length=len(images)).cpu()
+                  for k, v in labels.items()}
     if model is None:
         model = load_judge(device="cpu", verbose=False)[0]
     reference = reference_images() if reference is None else check_images(reference, "reference")
-    if len(images) < 2:
-        raise ValueError("score needs at least 2 images (to fit the FID's Gaussian)")
     valid = model.validity(images).cpu() > 0.5
     pred = {k: v.cpu() for k, v in model.read(images).items()}
     combos = pred["colour"] * len(KINDS) + pred["kind"]
@@ -490,15 +664,8 @@ def score(images: torch.Tensor, reference: torch.Tensor | None = None,
            "fid": fid(model.features(images), model.features(reference)),
            "coverage": len(torch.unique(combos[valid])) / (len(COLOUR_NAMES) * len(KINDS))}
     if labels is not None:
-        if not isinstance(labels, Mapping) or not labels:
-            raise TypeError("labels must be a dict mapping attribute names to class indices (N,)")
         right = valid.clone()
         for k, v in labels.items():
-            if k not in ATTRIBUTES:
-                raise ValueError(f"unknown attribute {k!r}; expected some of {list(ATTRIBUTES)}")
-            v = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).cpu().long()
-            if v.shape != (len(images),):
-                raise ValueError(f"labels[{k!r}] must have shape ({len(images)},), got {tuple(v.shape)}")
             hit = pred[k] == v
             out[k] = hit.float().mean().item()
             right &= hit
