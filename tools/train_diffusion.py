@@ -3,13 +3,16 @@
     python -m tools.train_diffusion                 # the default recipe; writes vlmlib/weights/diffusion-shapes.*
     python -m tools.train_diffusion --steps 6000    # longer
     python -m tools.train_diffusion --verify-only   # re-score the stored checkpoint (what the tests repeat)
+    python -m tools.train_diffusion --rescore       # re-score every recorded judge metric with today's judge
 
 The default run, 3,000 steps, took 39 minutes on one thread of a 2-core Xeon (2.5 GHz).
 
 The notebook trains the same model live for a few minutes and then loads this checkpoint for the
 results that need more training; it says which result came from which. The JSON beside the weights
 holds the config, the recipe, the loss history and the judge's scores of fixed-seed samples, which
-``--verify-only`` re-measures.
+``--verify-only`` re-measures; ``"judge"`` records the config of the judge that scored them (its
+cache key). When the judge changes, ``--rescore`` measures all of them again with the new judge
+(the training record, ``train_*``, ``steps_per_second``, ``threads`` and ``sample_seconds``, stays).
 """
 
 from __future__ import annotations
@@ -38,11 +41,16 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="folder to write to (default: vlmlib/weights/)")
     parser.add_argument("--verify-only", action="store_true",
                         help="only (re)compute the small check that the tests repeat, for an existing checkpoint")
+    parser.add_argument("--rescore", action="store_true",
+                        help="re-measure every judge score of an existing checkpoint with the current judge")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.verify_only:
         print(json.dumps(add_verification(args.out), indent=1))
+        return
+    if args.rescore:
+        print(json.dumps(rescore(args.out), indent=1))
         return
     config, recipe = checkpoint_settings()
     if args.steps:
@@ -56,15 +64,42 @@ def main(argv=None) -> None:
     model, _, history, seconds = D.train_diffusion(config, recipe, desc="training the denoiser (checkpoint)")
     metrics = {"train_seconds": seconds, "train_steps": len(history["loss"]),
                "steps_per_second": history["steps_per_second"][0], "threads": torch.get_num_threads()}
-    metrics.update(D.evaluate(model))
-    add_guided(metrics, model)
+    metrics.update(judge_scores(model))
     loss = history["loss"]
     every = max(1, len(loss) // 500)             # keep the JSON small: at most ~500 points
     path = D.save_checkpoint(model, recipe, metrics, {"loss": loss[::every], "loss_every": [every]},
                              args.out or CHECKPOINT_DIR)
-    add_verification(args.out)
+    add_verification(args.out, rescored=True)
     print(json.dumps(metrics, indent=1))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def judge_scores(model: D.Denoiser) -> dict:
+    """The judge's scores that a training run records: ``D.evaluate`` of unguided and of guided samples."""
+    metrics = D.evaluate(model)
+    add_guided(metrics, model)
+    return metrics
+
+
+def rescore(folder=None) -> dict:
+    """Score an existing checkpoint again with the current judge: every metric that the training run
+    measured with the judge (see :func:`judge_scores`) and ``verify``; the timings of the training run stay."""
+    folder = Path(folder or CHECKPOINT_DIR)
+    model, record = D.load_checkpoint(folder)
+    scores = judge_scores(model)
+    scores.pop("sample_seconds")                         # a timing of the training run's machine, not a score
+    record["metrics"].update(scores)
+    meta = folder / f"{D.CHECKPOINT_NAME}.json"
+    meta.write_text(json.dumps(record, indent=1, allow_nan=False))
+    add_verification(folder, rescored=True)
+    return D.load_checkpoint(folder)[1]["metrics"]
+
+
+def judge_key() -> dict:
+    """The config of the judge that scores (it keys the judge's cache entry)."""
+    from vlmlib.judge import JudgeConfig
+
+    return JudgeConfig().to_dict()
 
 
 #: The classifier-free guidance scale at which the chapter also reports its conditional bars.
@@ -87,13 +122,21 @@ def fingerprint(model: D.Denoiser) -> list[float]:
     return [round(v, 6) for v in torch.cat([images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3))]).tolist()]
 
 
-def add_verification(folder=None) -> dict:
-    """Score the checkpoint on :data:`VERIFY` and store the result in its JSON as ``metrics.verify``."""
+def add_verification(folder=None, rescored: bool = False) -> dict:
+    """Score the checkpoint on :data:`VERIFY` and store the result in its JSON as ``metrics.verify``.
+
+    ``rescored``: every other judge metric was just measured with the current judge too; then its
+    config is recorded as ``judge``. Otherwise a judge other than the recorded one gets a warning."""
     folder = Path(folder or CHECKPOINT_DIR)
     model, record = D.load_checkpoint(folder)
     verify = D.evaluate(model, **VERIFY)
     verify.pop("sample_seconds")
     record["metrics"]["verify"] = {**VERIFY, **verify, "fingerprint": fingerprint(model)}
+    if rescored:
+        record["judge"] = judge_key()                     # the judge that scored the metrics
+    elif record.get("judge") != judge_key():
+        print("warning: the checkpoint's other metrics were scored by another judge; "
+              "run `python -m tools.train_diffusion --rescore`")
     meta = folder / f"{D.CHECKPOINT_NAME}.json"
     meta.write_text(json.dumps(record, indent=1, allow_nan=False))
     return record["metrics"]["verify"]
