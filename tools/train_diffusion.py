@@ -10,8 +10,8 @@ The default run, 3,000 steps, took 39 minutes on one thread of a 2-core Xeon (2.
 The notebook trains the same model live for a few minutes and then loads this checkpoint for the
 results that need more training; it says which result came from which. The JSON beside the weights
 holds the config, the recipe, the loss history and the judge's scores of fixed-seed samples, which
-``--verify-only`` re-measures; ``"judge"`` records the config of the judge that scored them (its
-cache key). When the judge changes, ``--rescore`` measures all of them again with the new judge
+``--verify-only`` re-measures; ``"judge"`` records the judge that scored them (its cache key and
+its config). When the judge changes, ``--rescore`` measures all of them again with the new judge
 (the training record, ``train_*``, ``steps_per_second``, ``threads`` and ``sample_seconds``, stays).
 """
 
@@ -96,10 +96,12 @@ def rescore(folder=None) -> dict:
 
 
 def judge_key() -> dict:
-    """The config of the judge that scores (it keys the judge's cache entry)."""
+    """The judge that scores: its cache key (as vlmlib.judge.load_judge keys it) and its JudgeConfig."""
+    from vlmlib.cache import config_key
     from vlmlib.judge import JudgeConfig
 
-    return JudgeConfig().to_dict()
+    config = JudgeConfig().to_dict()
+    return json.loads(json.dumps({"config_key": config_key({"model": config}), "config": config}))  # as stored
 
 
 #: The classifier-free guidance scale at which the chapter also reports its conditional bars.
