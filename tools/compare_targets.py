@@ -88,11 +88,10 @@ def evaluate(model: D.Denoiser) -> dict[str, float]:
 
 
 def judge_key() -> str:
-    """The cache key of the judge that scores (its JudgeConfig, as vlmlib.judge.load_judge keys it)."""
+    """The cache key of the judge that scores (vlmlib.judge.judge_identity)."""
     from vlmlib import judge
-    from vlmlib.cache import config_key
 
-    return config_key({"model": judge.JudgeConfig().to_dict()})
+    return judge.judge_identity()["config_key"]
 
 
 def score(out: Path, result: Path = RESULT) -> dict:

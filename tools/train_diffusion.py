@@ -96,12 +96,10 @@ def rescore(folder=None) -> dict:
 
 
 def judge_key() -> dict:
-    """The judge that scores: its cache key (as vlmlib.judge.load_judge keys it) and its JudgeConfig."""
-    from vlmlib.cache import config_key
-    from vlmlib.judge import JudgeConfig
+    """The judge that scores, as stored in the JSON (see vlmlib.judge.judge_identity)."""
+    from vlmlib.judge import judge_identity
 
-    config = JudgeConfig().to_dict()
-    return json.loads(json.dumps({"config_key": config_key({"model": config}), "config": config}))  # as stored
+    return json.loads(json.dumps(judge_identity()))       # as stored: tuples become lists
 
 
 #: The classifier-free guidance scale at which the chapter also reports its conditional bars.

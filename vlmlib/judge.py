@@ -549,6 +549,18 @@ def evaluate(model: Judge, n: int = 1000, seed: int = 1000, world_seed: int = 0)
 _LOADED: dict[str, tuple[Judge, Artifact]] = {}
 
 
+def judge_identity(config: JudgeConfig | None = None) -> dict:
+    """Which judge scores: ``{"config_key": ..., "config": ...}`` (the key :func:`load_judge` caches it
+    under, and its :class:`JudgeConfig`). Recorded beside stored scores, so a score made by another
+    judge is recognised as such."""
+    from .cache import config_key
+
+    config = config if config is not None else JudgeConfig()
+    if not isinstance(config, JudgeConfig):
+        raise TypeError(f"config must be a JudgeConfig, got {type(config).__name__}")
+    return {"config_key": config_key({"model": config.to_dict()}), "config": config.to_dict()}
+
+
 def load_judge(device: str | torch.device | None = None, verbose: bool = True,
                config: JudgeConfig | None = None) -> tuple[Judge, Artifact]:
     """The course's judge (trained on first use, in a few minutes on one CPU core, then cached).
