@@ -115,7 +115,8 @@ def _write_repeatedly(root: str, value: int, rounds: int) -> None:
 
 def test_concurrent_writers_never_show_a_reader_a_mixed_pair(tmp_path):
     """Two processes save different weights for one key while a reader loads in a loop."""
-    context = multiprocessing.get_context("fork")   # fast: the writers need no fresh interpreter
+    # fresh interpreters: a process forked after torch has started its thread pools can hang
+    context = multiprocessing.get_context("spawn")
     writers = [context.Process(target=_write_repeatedly, args=(str(tmp_path), value, 40)) for value in (1, 2)]
     for w in writers:
         w.start()

@@ -574,8 +574,9 @@ def test_factored_labels_share_a_kind_vector_across_colours():
     red_circle, blue_circle, red_cross = D.class_labels(["red", "blue", "red"], ["circle", "circle", "cross"])
     e = model.embed_labels(torch.stack([red_circle, blue_circle, red_cross, torch.tensor(D.NUM_CLASSES)]))
     colour, kind = model.colour_embedding.weight, model.kind_embedding.weight
-    assert torch.allclose(e[0] - e[1], colour[0] - colour[2])        # same kind: only the colour differs
-    assert torch.allclose(e[0] - e[2], kind[0] - kind[3])            # same colour: only the kind differs
+    # (a + b) - (c + b) equals a - c up to float32 rounding of the sums, hence the absolute tolerance
+    assert torch.allclose(e[0] - e[1], colour[0] - colour[2], atol=1e-5)   # same kind: only the colour differs
+    assert torch.allclose(e[0] - e[2], kind[0] - kind[3], atol=1e-5)       # same colour: only the kind differs
     assert torch.allclose(e[3], colour[-1] + kind[-1])               # "no label" has its own vectors
     out = model(torch.randn(4, 3, 8, 8), torch.tensor([0, 10, 500, 999]),
                 torch.tensor([0, 5, 23, D.NUM_CLASSES]))
