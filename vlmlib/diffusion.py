@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -570,18 +570,28 @@ def ema_weights(updates: int, decay: float = 0.995, warmup: bool = True) -> torc
     return w
 
 
-def diffusion_loss(model: Denoiser, x0: torch.Tensor, labels: torch.Tensor | None = None,
+def _check_denoiser(model) -> None:
+    """A denoiser: a module with a ``schedule`` and a ``config.prediction_type``, called as
+    ``model(x_t, t, condition)`` (chapter 5's :class:`Denoiser`, chapter 6's text-conditioned one)."""
+    if not (isinstance(model, torch.nn.Module) and isinstance(getattr(model, "schedule", None), Schedule)
+            and getattr(getattr(model, "config", None), "prediction_type", None) in PREDICTION_TYPES):
+        raise TypeError(f"model must be a Denoiser (or a text-conditioned denoiser), got {type(model).__name__}")
+
+
+def diffusion_loss(model: Denoiser, x0: torch.Tensor, labels=None,
                    generator: torch.Generator | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
     """L_simple (DDPM Eq. 14) for the model's target, t uniform:
     ‖target − f_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t)‖².
+
+    ``labels`` is whatever condition the model takes (class indices for a :class:`Denoiser`, a
+    text condition for chapter 6's model), passed on as ``model(x_t, t, labels)``.
 
     With ``min_snr_gamma`` = γ > 0 each example is weighted so that, measured as an error in x₀,
     its weight is min(SNR_t, γ) (Min-SNR-γ, Hang et al., 2023): ε-prediction's weight SNR_t, capped.
     In the model's own target the weights are min(SNR, γ) for x₀, min(SNR, γ)/SNR for ε and
     min(SNR, γ)/(SNR + 1) for v, as in ``diffusers``' ``train_text_to_image.py`` (``--snr_gamma``).
     """
-    if not isinstance(model, Denoiser):
-        raise TypeError(f"model must be a Denoiser, got {type(model).__name__}")
+    _check_denoiser(model)
     _check_images(x0, "x0")
     min_snr_gamma = checks.number(min_snr_gamma, "min_snr_gamma", low=0.0)
     sched = model.schedule
@@ -657,6 +667,83 @@ def train_diffusion(config: DiffusionConfig, recipe: Recipe, device: str | torch
 
 
 # -- sampling ---------------------------------------------------------------------------------------
+THRESHOLDS = ("static", "dynamic", "none")
+
+
+def threshold_x0(x0: torch.Tensor, kind: str = "static", percentile: float = 0.995) -> torch.Tensor:
+    """Keep a predicted x̂₀ inside the data range [−1, 1].
+
+    ``"static"`` clips it (``diffusers``' ``clip_sample``). ``"dynamic"`` is Imagen's dynamic
+    thresholding (Saharia et al., 2022, §2.3): per image, s = the ``percentile`` quantile of |x̂₀|;
+    when s > 1, x̂₀ is clipped to [−s, s] and divided by s, so saturated pixels are pulled inwards
+    instead of piling up at ±1 (``diffusers``' ``DDPMScheduler`` with ``thresholding=True``, whose
+    default ratio is 0.995). ``"none"`` leaves it as it is.
+    """
+    _check_images(x0, "x0")
+    kind = checks.choice(kind, "threshold", THRESHOLDS)
+    if kind == "none":
+        return x0
+    if kind == "static":
+        return x0.clamp(-1, 1)
+    percentile = checks.number(percentile, "percentile", low=0.0, high=1.0, low_open=True)
+    flat = x0.reshape(len(x0), -1)
+    s = torch.quantile(flat.abs().float(), percentile, dim=1).to(x0.dtype).clamp(min=1)       # (B,)
+    s = s.view(-1, *([1] * (x0.ndim - 1)))
+    return x0.clamp(-s, s) / s
+
+
+def guide(uncond: torch.Tensor, cond: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance, ``diffusers``' and Imagen's convention: ε̃ = ε(x, ∅) + w·(ε(x, c) − ε(x, ∅)).
+
+    w = 1 is the plain conditional model; Ho & Salimans' Eq. 6, (1 + w′)·ε(x, c) − w′·ε(x, ∅), has w′ = w − 1.
+    """
+    if not isinstance(uncond, torch.Tensor) or not isinstance(cond, torch.Tensor) or uncond.shape != cond.shape:
+        raise ValueError("uncond and cond must be tensors of the same shape (the two predictions)")
+    w = checks.number(w, "w", low=0.0)
+    return uncond + w * (cond - uncond)
+
+
+@torch.no_grad()
+def denoise_loop(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, schedule: Schedule,
+                 prediction_type: str, steps: int = 25, sampler: str = "ddim", eta: float = 0.0,
+                 generator: torch.Generator | None = None, threshold: str = "static", percentile: float = 0.995,
+                 return_path: bool = False, out_size: int = 32, desc: str = "sampling",
+                 show_progress: bool = True):
+    """The sampling loop shared by every denoiser in the course: from noise ``x`` (B, 3, S, S) to images.
+
+    ``predict(x_t, t)`` returns the model's output (ε, x₀ or v, as ``prediction_type`` says) for a
+    batch at timestep indices ``t`` (B,), with any conditioning and guidance already applied. Each
+    step turns the output into x̂₀, thresholds it (:func:`threshold_x0`), recomputes the ε that
+    agrees with the thresholded x̂₀ (``diffusers``' ``use_clipped_model_output=True``) and takes a
+    DDPM or DDIM step. Returns images (B, 3, out_size, out_size) in [0, 1] on the CPU, and with
+    ``return_path`` the list of x̂₀ of every step.
+    """
+    sampler = checks.choice(sampler, "sampler", SAMPLERS)
+    threshold = checks.choice(threshold, "threshold", THRESHOLDS)
+    ts = timesteps_for(steps, schedule.T)
+    device, dtype = x.device, x.dtype
+    path = []
+    it = progress(range(len(ts)), desc=desc) if show_progress else range(len(ts))
+    for i in it:
+        t = ts[i]
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        tt = torch.full((len(x),), t, device=device, dtype=torch.long)
+        out = predict(x, tt)
+        x0, eps = to_x0_eps(out, t, x, schedule.alpha_bar.to(device), prediction_type)
+        x0 = threshold_x0(x0, threshold, percentile)
+        ab_t = schedule.alpha_bar[t].item()
+        eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)     # the ε that agrees with the thresholded x̂₀
+        if return_path:
+            path.append(to_image_space(x0, out_size).cpu())
+        z = torch.randn(x.shape, generator=generator).to(device, dtype) if (sampler == "ddpm" or eta > 0) else None
+        if sampler == "ddpm":
+            x = ddpm_reverse_step(eps, t, x, schedule, noise=z, t_prev=t_prev, x0=x0)
+        else:
+            x = ddim_step(eps, t, x, schedule, t_prev=t_prev, eta=eta, noise=z, x0=x0)
+    images = to_image_space(x, out_size).cpu()
+    return (images, path) if return_path else images
+
+
 @torch.no_grad()
 def sample(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim", labels: torch.Tensor | None = None,
            eta: float = 0.0, generator: torch.Generator | None = None, return_path: bool = False,
@@ -684,7 +771,7 @@ def sample(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim", labe
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     c, sched = model.config, model.schedule
-    ts = timesteps_for(steps, sched.T)
+    timesteps_for(steps, sched.T)                 # checks steps before any work
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     if labels is not None:
@@ -696,32 +783,17 @@ def sample(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim", labe
         raise ValueError("guidance needs labels: it pushes samples towards the labelled class")
     null = torch.full((n,), c.num_classes, dtype=torch.long, device=device)
     model.eval()
-    x = torch.randn((n, 3, c.image_size, c.image_size), generator=generator).to(device, dtype)
-    path = []
-    it = progress(range(len(ts)), desc=desc or f"{sampler.upper()} sampling, {steps} steps") \
-        if show_progress else range(len(ts))
-    for i in it:
-        t = ts[i]
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        tt = torch.full((n,), t, device=device, dtype=torch.long)
+
+    def predict(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
         if guidance != 1:   # one batch of 2n: the unconditional and the conditional prediction
             out_u, out_c = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([null, labels])).chunk(2)
-            out = out_u + guidance * (out_c - out_u)
-        else:
-            out = model(x, tt, labels)
-        x0, eps = to_x0_eps(out, t, x, sched.alpha_bar.to(device), c.prediction_type)
-        x0 = x0.clamp(-1, 1)                      # as diffusers' clip_sample does
-        ab_t = sched.alpha_bar[t].item()
-        eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)     # the ε that agrees with the clamped x̂₀
-        if return_path:
-            path.append(to_image_space(x0, out_size).cpu())
-        z = torch.randn(x.shape, generator=generator).to(device, dtype) if (sampler == "ddpm" or eta > 0) else None
-        if sampler == "ddpm":
-            x = ddpm_reverse_step(eps, t, x, sched, noise=z, t_prev=t_prev, x0=x0)
-        else:
-            x = ddim_step(eps, t, x, sched, t_prev=t_prev, eta=eta, noise=z, x0=x0)
-    images = to_image_space(x, out_size).cpu()
-    return (images, path) if return_path else images
+            return guide(out_u, out_c, guidance)
+        return model(x, tt, labels)
+
+    x = torch.randn((n, 3, c.image_size, c.image_size), generator=generator).to(device, dtype)
+    return denoise_loop(predict, x, sched, c.prediction_type, steps, sampler, eta, generator, "static",
+                        return_path=return_path, out_size=out_size,
+                        desc=desc or f"{sampler.upper()} sampling, {steps} steps", show_progress=show_progress)
 
 
 #: Bumped whenever :func:`sample` changes what it draws, so that cached samples are drawn again.

@@ -43,6 +43,8 @@ POSITION_PHRASES: dict[str, str] = {
     "bottom left": "at the bottom left", "bottom": "at the bottom", "bottom right": "at the bottom right",
 }
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
+#: How one shape can stand to another, read from their grid cells (chapter 6's two-shape prompts).
+RELATIONS: tuple[str, ...] = ("to the left of", "to the right of", "above", "below")
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "colour": COLOUR_NAMES, "kind": KINDS, "size": SIZES, "position": POSITIONS,
 }
@@ -164,6 +166,41 @@ def varied_caption(shapes: Sequence[Shape], rng: np.random.Generator) -> str:
     return " and ".join(parts)
 
 
+def relations(a: Shape, b: Shape) -> list[str]:
+    """Every phrase of :data:`RELATIONS` that is true of shape ``a`` relative to shape ``b``.
+
+    Read from their grid cells: "to the left of" when ``a``'s column is left of ``b``'s, "above" when
+    its row is higher. Two shapes in different cells always have at least one relation.
+    """
+    for name, s in (("a", a), ("b", b)):
+        if not isinstance(s, Shape):
+            raise TypeError(f"{name} must be a Shape, got {type(s).__name__}")
+    pa, pb = POSITIONS.index(a.position), POSITIONS.index(b.position)
+    (ra, ca), (rb, cb) = divmod(pa, 3), divmod(pb, 3)
+    out = []
+    if ca != cb:
+        out.append(RELATIONS[0] if ca < cb else RELATIONS[1])
+    if ra != rb:
+        out.append(RELATIONS[2] if ra < rb else RELATIONS[3])
+    return out
+
+
+def relation_caption(shapes: Sequence[Shape], rng: np.random.Generator) -> str:
+    """"a red circle to the left of a blue square": a two-shape scene named by one true relation.
+
+    The relation is drawn from :func:`relations` (when two hold, either may be named).
+    """
+    shapes, rng = _check_scene(shapes), _check_rng(rng)
+    if len(shapes) != 2:
+        raise ValueError(f"relation_caption needs a scene of exactly 2 shapes, got {len(shapes)}")
+    a, b = shapes
+    true = relations(a, b)
+    if not true:
+        raise ValueError("the two shapes share a grid cell: no relation can be named")
+    rel = true[int(rng.integers(len(true)))]
+    return f"a {a.colour} {a.kind} {rel} a {b.colour} {b.kind}"
+
+
 def questions(shapes: Sequence[Shape], rng: np.random.Generator | None = None) -> list[tuple[str, str]]:
     """Question–answer pairs about a scene, answerable from the image alone."""
     shapes = _check_scene(shapes)
@@ -205,6 +242,9 @@ def vocabulary() -> list[str]:
     for group in (COLOUR_NAMES, KINDS, SIZES, NUMBER_WORDS, POSITIONS):
         for w in group:
             add(w)
+    for r in RELATIONS:                   # appended last, so the ids of the words above never change
+        add(r)
+    add(".")                              # ends a sentence in the language model's text (chapter 6)
     return words
 
 
