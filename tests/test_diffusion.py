@@ -212,6 +212,21 @@ BAD_INPUT = [
     (lambda: D.evaluate(_tiny(), n=1), ValueError, "n must be at least 2"),
     (lambda: D.sample_cached(_tiny(), 0), ValueError, "n must be at least 1"),
     (lambda: D.weights_sha256("model"), TypeError, "model must be a torch.nn.Module"),
+    (lambda: D.diffusion_loss(torch.nn.Linear(2, 2), torch.zeros(2, 3, 8, 8)), TypeError, "model must be a Denoiser"),
+    (lambda: D.threshold_x0(_X, "soft"), ValueError, "threshold must be one of ['static', 'dynamic', 'none']"),
+    (lambda: D.threshold_x0(_X, "dynamic", percentile=0.0), ValueError, "percentile must be > 0.0"),
+    (lambda: D.threshold_x0(_X, "dynamic", percentile=99.5), ValueError, "percentile must be ≤ 1.0"),
+    (lambda: D.threshold_x0(_X, "dynamic", percentile="p99"), TypeError, "percentile must be a number"),
+    (lambda: D.threshold_x0(torch.zeros(3, 4, 4), "dynamic"), ValueError,
+     "x0 must be a float tensor of shape (B, C, H, W)"),
+    (lambda: D.guide(_X, torch.zeros(2, 3, 4, 5), 2.0), ValueError,
+     "uncond and cond must be tensors of the same shape"),
+    (lambda: D.guide(_X, _X, -1.0), ValueError, "w must be ≥ 0"),
+    (lambda: D.guide(_X, _X, _NAN), ValueError, "w must be a finite number"),
+    (lambda: D.denoise_loop(lambda x, t: x, _X, _S, "epsilon", sampler="euler"), ValueError, "sampler must be one of"),
+    (lambda: D.denoise_loop(lambda x, t: x, _X, _S, "epsilon", threshold="soft"), ValueError,
+     "threshold must be one of"),
+    (lambda: D.denoise_loop(lambda x, t: x, _X, _S, "epsilon", steps=0), ValueError, "steps must be at least 1"),
 ]
 
 
@@ -377,6 +392,119 @@ def test_classifier_free_guidance_follows_the_diffusers_formula(w):
         D.sample(model, 2, labels=labels, guidance=float("nan"))
     with pytest.raises(ValueError, match="guidance needs labels"):
         D.sample(model, 2, guidance=2.0)
+
+
+@pytest.mark.parametrize("percentile", [0.5, 0.9, 0.995])
+def test_dynamic_thresholding_equals_diffusers(percentile):
+    """Imagen's dynamic thresholding is DDPMScheduler(thresholding=True)._threshold_sample; diffusers
+    also caps s at ``sample_max_value`` (1.0 by default, which makes it plain clipping), so the cap is
+    set out of reach here. Images whose quantile is at most 1 are only clipped; the others are scaled."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(5, 3, 8, 8, generator=g) * torch.tensor([0.3, 1.0, 2.0, 4.0, 8.0]).reshape(-1, 1, 1, 1)
+    scheduler = DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=percentile, sample_max_value=1e6)
+    expected = scheduler._threshold_sample(x0.clone())
+    ours = D.threshold_x0(x0, "dynamic", percentile)
+    assert ours.shape == x0.shape and torch.allclose(ours, expected, atol=1e-6)
+    assert ours.abs().max() <= 1 + 1e-6
+    s = torch.quantile(x0.reshape(5, -1).abs(), percentile, dim=1)
+    for i in range(5):                      # per image: s ≤ 1 clips, s > 1 clips to [−s, s] and divides by s
+        want = x0[i].clamp(-1, 1) if s[i] <= 1 else x0[i].clamp(-s[i], s[i]) / s[i]
+        assert torch.allclose(ours[i], want, atol=1e-6)
+    assert (s > 1).sum() >= 2 and (s <= 1).sum() >= 1, "the draw should hold both cases"
+    # float64 in, float64 out (the reference sampler runs in float64)
+    assert D.threshold_x0(x0.double(), "dynamic", percentile).dtype == torch.float64
+
+
+def test_static_thresholding_clips_and_none_is_the_identity():
+    x0 = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 3
+    assert torch.equal(D.threshold_x0(x0, "static"), x0.clamp(-1, 1))
+    assert torch.equal(D.threshold_x0(x0), x0.clamp(-1, 1))                       # static is the default
+    assert torch.equal(D.threshold_x0(x0, "none"), x0)
+    inside = x0.clamp(-1, 1)                 # already in range: every kind leaves it as it is
+    for kind in D.THRESHOLDS:
+        assert torch.allclose(D.threshold_x0(inside, kind), inside, atol=1e-6), kind
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.0, 7.5])
+def test_guide_is_diffusers_formula_and_ho_salimans_eq_6(w):
+    """diffusers' pipelines: ``noise_pred_uncond + guidance_scale * (noise_pred_text − noise_pred_uncond)``
+    (and its ClassifierFreeGuidance guider); Ho & Salimans (2021), Eq. 6: ε̃ = (1 + w′)·ε(z, c) − w′·ε(z)
+    with w′ = w − 1 (the guider's ``use_original_formulation=True``)."""
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    g = torch.Generator().manual_seed(2)
+    uncond, cond = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    guided = D.guide(uncond, cond, w)
+    assert torch.allclose(guided, uncond + w * (cond - uncond), atol=1e-6)
+    assert torch.allclose(guided, ClassifierFreeGuidance(guidance_scale=w).forward(cond, uncond).pred, atol=1e-6)
+    paper_w = w - 1
+    assert torch.allclose(guided, (1 + paper_w) * cond - paper_w * uncond, atol=1e-5)
+    paper = ClassifierFreeGuidance(guidance_scale=paper_w, use_original_formulation=True).forward(cond, uncond).pred
+    assert torch.allclose(guided, paper, atol=1e-5)
+    if w == 0:
+        assert torch.equal(guided, uncond)
+    if w == 1:                              # the plain conditional model (up to float32 rounding)
+        assert torch.allclose(guided, cond, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 0.0)])
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_denoise_loop_with_a_denoisers_prediction_is_sample(sampler, eta, guidance, one_thread):
+    """``sample`` is ``denoise_loop`` around a Denoiser: the same generator seed gives the same images
+    and the same x̂₀ path, with and without classifier-free guidance."""
+    torch.manual_seed(0)
+    model = _tiny(num_classes=D.NUM_CLASSES, prediction_type="epsilon").eval()
+    labels = D.class_labels(["red", "green", "blue"], ["circle", "square", "triangle"])
+    null = torch.full((3,), D.NUM_CLASSES)
+
+    def predict(x, t):
+        if guidance == 1:
+            return model(x, t, labels)
+        return D.guide(model(x, t, null), model(x, t, labels), guidance)
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn((3, 3, 8, 8), generator=g)
+    loop, loop_path = D.denoise_loop(predict, x, model.schedule, "epsilon", steps=6, sampler=sampler, eta=eta,
+                                     generator=g, return_path=True, out_size=8, show_progress=False)
+    direct, direct_path = D.sample(model, 3, steps=6, sampler=sampler, labels=labels, eta=eta, guidance=guidance,
+                                   generator=torch.Generator().manual_seed(5), return_path=True, out_size=8,
+                                   show_progress=False)
+    assert loop.shape == (3, 3, 8, 8) and len(loop_path) == 6
+    assert torch.allclose(loop, direct, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(loop_path, direct_path))
+
+
+@pytest.mark.parametrize("threshold", ["static", "dynamic", "none"])
+def test_denoise_loop_leads_a_perfect_prediction_to_its_image_under_every_threshold(threshold):
+    """An x₀-predictor that always knows the image (in [−1, 1], so no threshold changes it)."""
+    schedule = D.make_schedule("cosine", 1000)
+    target = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    images = D.denoise_loop(lambda x_t, t: target.expand_as(x_t), x, schedule, "sample", steps=5,
+                            threshold=threshold, out_size=8, show_progress=False)
+    assert torch.allclose(images, D.to_image_space(target).expand(2, -1, -1, -1), atol=1e-4)
+
+
+def test_every_name_the_course_uses_from_the_package_resolves():
+    """vlmlib.diffusion is a package split like diffusers' library; what notebooks, tools and tests
+    call as ``D.<name>`` (``from vlmlib import diffusion as D``) is re-exported from its ``__init__``."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("notebooks/*.ipynb"), *root.glob("tools/*.py"), *root.glob("tests/**/*.py")]
+    used = set()
+    for path in files:
+        text = path.read_text()
+        if "from vlmlib import diffusion as D" in text:
+            used |= set(re.findall(r"\bD\.([A-Za-z_]\w*)", text))
+    assert {"sample", "Denoiser", "load_checkpoint", "make_schedule"} <= used
+    assert sorted(name for name in used if not hasattr(D, name)) == []
+    assert all(hasattr(D, name) for name in D.__all__)
+    from vlmlib.diffusion import checkpoints, models, sampling, schedules, training
+
+    assert D.sample is sampling.sample and D.Denoiser is models.Denoiser and D.q_sample is schedules.q_sample
+    assert D.train_diffusion is training.train_diffusion and D.load_checkpoint is checkpoints.load_checkpoint
 
 
 @pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
