@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlmlib import toolkit as T
+from vlmlib import judge, toolkit as T
 from vlmlib.exercises import ch04
 
 
@@ -131,15 +131,6 @@ def test_diffusion_sampler_spends_one_evaluation_per_step(digits, steps, eta):
     assert 0 <= out.images.min() and out.images.max() <= 1
 
 
-def test_frechet_distance_of_gaussians():
-    torch.manual_seed(0)
-    a = torch.randn(4000, 3)
-    assert abs(T.frechet_distance(a, a)) < 1e-6
-    assert abs(T.frechet_distance(a, a + torch.tensor([3.0, 0, 0])) - 9) < 1e-6
-    b = torch.randn(4000, 3) * 2                                     # Tr(I + 4I - 2·2I) = 3
-    assert abs(T.frechet_distance(a, b) - 3) < 0.3
-
-
 def test_evaluator_ranks_real_digits_above_noise(digits):
     evaluator, history = T.train_evaluator(digits, steps=300)
     assert evaluator.test_accuracy > 0.9
@@ -151,6 +142,10 @@ def test_evaluator_ranks_real_digits_above_noise(digits):
     assert real["coverage"] == 10 and real["entropy"] > 3.2
     assert one_digit["coverage"] == 1 and one_digit["entropy"] < 0.5
     assert sum(real["histogram"]) == round(real["confident"] * 300)
+    # the Fréchet distance is the judge's FID (one implementation), in the classifier's features
+    features = evaluator.classifier.features
+    expected = judge.fid(features(digits.images("train")[:300]), features(evaluator.reference))
+    assert real["frechet"] == pytest.approx(expected, rel=1e-9)
 
 
 def _bad_calls(digits):
@@ -244,12 +239,6 @@ def _bad_calls(digits):
          "steps must be at most 1000"),
         ("a generator as denoiser", lambda: T.sample_diffusion(generator, 2), TypeError, "model must be a Denoiser"),
         # the evaluation
-        ("features of different widths", lambda: T.frechet_distance(torch.randn(5, 3), torch.randn(5, 4)), ValueError,
-         "same D"),
-        ("features as text", lambda: T.frechet_distance(["a", "b"], torch.randn(5, 4)), TypeError,
-         "a must be a tensor or array of features"),
-        ("features with NaN", lambda: T.frechet_distance(torch.randn(5, 3), torch.full((5, 3), float("nan"))),
-         ValueError, "b holds NaN"),
         ("images instead of Digits", lambda: T.train_evaluator(digits.images()), TypeError, "Digits"),
         ("zero classifier steps", lambda: T.train_evaluator(digits, steps=0), ValueError, "steps must be at least 1"),
         ("negative outlier weight", lambda: T.train_evaluator(digits, steps=1, outlier_weight=-1), ValueError,

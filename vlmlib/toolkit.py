@@ -16,8 +16,8 @@ sampler; every sampler counts the network evaluations it spends per sample:
 
 The samples are judged by a small digit classifier (:func:`train_evaluator`): **quality** as the
 share of samples it classifies confidently and as a Fréchet distance in its feature space to real
-held-out digits, **diversity** as how many of the ten digits appear and the entropy of the class
-histogram (:meth:`Evaluator.evaluate`).
+held-out digits (:func:`vlmlib.judge.fid`, the formula of chapter 5's FID), **diversity** as how
+many of the ten digits appear and the entropy of the class histogram (:meth:`Evaluator.evaluate`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checks
+from .judge import fid
 from .plotting import progress
 from .training import train
 from .vit import Block
@@ -49,7 +50,7 @@ __all__ = [
     "sample_gan", "PixelTransformer", "train_autoregressive", "sample_autoregressive",
     "masking_schedule", "train_masked", "sample_masked", "DiffusionSchedule", "Denoiser",
     "add_noise", "train_diffusion", "sample_diffusion", "DigitClassifier", "Evaluator",
-    "train_evaluator", "frechet_distance",
+    "train_evaluator",
 ]
 
 
@@ -653,31 +654,6 @@ class DigitClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
-    """The Fréchet distance between Gaussians fitted to two sets of features (N, D), as in FID:
-    ‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a^{1/2} Σ_b Σ_a^{1/2})^{1/2})."""
-    a, b = _features(a, "a"), _features(b, "b")
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"need two feature sets (N, D) with the same D and N >= 2, got {a.shape} and {b.shape}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(cov_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
-    trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
-
-
-def _features(value, name: str) -> np.ndarray:
-    try:
-        value = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a tensor or array of features (N, D), got {type(value).__name__}") from None
-    if not np.isfinite(value).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
-    return value
-
-
 @dataclass
 class Evaluator:
     """A trained digit classifier and the real held-out digits it compares samples with."""
@@ -694,7 +670,8 @@ class Evaluator:
 
         - ``confident``: share of samples whose top class probability is at least ``confident_at``;
         - ``mean max prob``: the mean top class probability;
-        - ``frechet``: Fréchet distance to the real held-out digits in the classifier's features;
+        - ``frechet``: Fréchet distance to the real held-out digits in the classifier's features
+          (:func:`vlmlib.judge.fid`);
         - ``coverage``: how many of the 10 digits get at least ``min_share`` of the confidently
           classified samples;
         - ``entropy``: entropy in bits of the histogram of confident classes (log₂ 10 ≈ 3.32 when
@@ -711,7 +688,7 @@ class Evaluator:
         share = counts / counts.sum().clamp_min(1)
         entropy = max(0.0, -(share[share > 0] * share[share > 0].log2()).sum().item())
         covered = int((counts >= max(1.0, self.min_share * len(images))).sum())
-        fd = frechet_distance(self.classifier.features(images), self.classifier.features(self.reference))
+        fd = fid(self.classifier.features(images), self.classifier.features(self.reference))
         return {"confident": confident.float().mean().item(), "mean max prob": top.mean().item(),
                 "frechet": fd, "coverage": covered, "entropy": entropy,
                 "histogram": counts.long().tolist()}
