@@ -105,7 +105,16 @@ class TextEncoder(nn.Module):
         nn.init.normal_(self.pos_embed, std=0.01)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) token ids -> (B, text_dim) features."""
+        """(B, L) token ids -> (B, text_dim) features: the final state at each text's first [EOS]."""
+        z = self.states(input_ids)                                            # (B, L, D)
+        eos = (input_ids == self.config.eos_id).int().argmax(dim=1)           # (B,) first [EOS]
+        return z[torch.arange(len(z), device=z.device), eos]                  # (B, D)
+
+    def states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids -> (B, L, text_dim): every token's final state (after the last LayerNorm).
+
+        Chapter 6 conditions an image generator on these, as Imagen does with its frozen encoder.
+        """
         c = self.config
         if not isinstance(input_ids, torch.Tensor):
             raise TypeError(f"input_ids must be an integer tensor of shape (B, L) (use clip.tokenize), "
@@ -132,9 +141,7 @@ class TextEncoder(nn.Module):
             mask = (input_ids != c.pad_id)[:, None, None, :]                  # (B, 1, 1, L)
         for block in self.blocks:
             z = block(z, mask)
-        z = self.norm(z)
-        eos = has_eos.int().argmax(dim=1)                                     # (B,) first [EOS]
-        return z[torch.arange(B, device=z.device), eos]                       # (B, D)
+        return self.norm(z)
 
 
 class CLIP(nn.Module):

@@ -10,8 +10,9 @@ conditions the image generator), chapter 8 as LLaVA's language model. It is a ``
 - text-only questions about described scenes: "a red circle at the top left and a blue square on
   the right . what colour is the square ? blue".
 
-Its text comes from ShapesWorld's ``train`` split only, so the held-out colour–kind pairs (a purple
-triangle, ...) never occur in it. The trained model ships with the package
+Its text comes from ShapesWorld's ``train`` split only, so no scene it reads holds a held-out
+colour–kind pair (a purple triangle, ...); such a pair is named only in questions about absent
+shapes, answered "no" ("is there a purple triangle ? no"). The trained model ships with the package
 (``vlmlib/weights/shapes-lm``, made by ``python -m tools.train_lm``) and :func:`load_lm` loads it.
 """
 

@@ -1,0 +1,186 @@
+"""Chapter 6's text-to-image model: cross-attention against diffusers, the condition, training,
+sampling, the splits of prompts, saving and loading, and the shipped models' scores."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from vlmlib import diffusion as D
+from vlmlib import text2image as T
+from vlmlib.shapesworld import HELD_OUT, relations
+
+
+@pytest.fixture(scope="module")
+def clip_encoder():
+    """A CLIP text tower with random weights: enough to test the plumbing without training."""
+    from vlmlib.clip import CLIPConfig
+
+    torch.manual_seed(0)
+    return T.FrozenTextEncoder("clip", T.CLIPTextTower(CLIPConfig()))
+
+
+@pytest.fixture(scope="module")
+def tiny(clip_encoder):
+    config = T.T2IConfig(encoder="clip", text_dim=clip_encoder.dim, pooled_dim=clip_encoder.pooled_dim,
+                         channels=(8, 16, 16), T=50)
+    model, history, _ = T.train_text2image(config, T.T2IRecipe(steps=2, batch_size=4, n_train=40), clip_encoder)
+    return model, history
+
+
+def test_cross_attention_equals_the_unets_own_attention_with_padding_masked(tiny, clip_encoder):
+    model, _ = tiny
+    unet = model.unet
+    attn = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
+    cond = clip_encoder.encode(["a red circle", "a red circle to the left of a blue square"])
+    context = unet.encoder_hid_proj(cond.states)
+    x = torch.randn(2, 16, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = attn(x, encoder_hidden_states=context, attention_mask=((1 - cond.mask.float()) * -10000.0)[:, None])
+        ours = T.cross_attention(x, context, attn.to_q.weight, attn.to_k.weight, attn.to_v.weight,
+                                 attn.to_out[0].weight, attn.to_out[0].bias, heads=attn.heads, mask=cond.mask)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not cond.mask[0].all() and cond.mask[1].sum() > cond.mask[0].sum()      # padding was there to mask
+    with pytest.raises(ValueError, match="heads"):
+        T.cross_attention(x, context, attn.to_q.weight, attn.to_k.weight, attn.to_v.weight, attn.to_out[0].weight,
+                          heads=3)
+
+
+def test_the_frozen_encoder_never_trains_and_reads_padding_as_padding(clip_encoder):
+    cond = clip_encoder.encode(["", "a red shape"])
+    assert cond.states.shape == (2, T.MAX_PROMPT_TOKENS, clip_encoder.dim)
+    assert cond.mask[0].sum() == 2 and cond.mask[1].sum() == 5              # [BOS] [EOS], and 3 words more
+    assert torch.allclose(cond.pooled.norm(dim=-1), torch.ones(2), atol=1e-5)   # CLIP's unit embedding
+    assert not any(p.requires_grad for p in clip_encoder.parameters())
+    clip_encoder.train()
+    assert not clip_encoder.training
+    with pytest.raises(ValueError, match="vocabulary"):
+        clip_encoder.encode(["a red elephant"])
+
+
+def test_training_drops_the_prompt_and_learns(tiny):
+    model, history = tiny
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    assert not model.training
+
+
+def test_sampling_is_reproducible_and_checks_its_arguments(tiny, clip_encoder):
+    model, _ = tiny
+    kw = dict(steps=3, show_progress=False)
+    a = T.generate(model, clip_encoder, ["a red circle", "a blue square above a red cross"], 3.0,
+                   generator=torch.Generator().manual_seed(0), **kw)
+    b = T.generate(model, clip_encoder, ["a red circle", "a blue square above a red cross"], 3.0,
+                   generator=torch.Generator().manual_seed(0), **kw)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+    dyn = T.generate(model, clip_encoder, ["a red circle"], 7.5, threshold="dynamic",
+                     generator=torch.Generator().manual_seed(0), **kw)
+    assert dyn.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        T.generate(model, clip_encoder, [], **kw)
+    with pytest.raises(ValueError, match="guidance"):
+        T.generate(model, clip_encoder, ["a red circle"], float("nan"), **kw)
+    with pytest.raises(ValueError, match="threshold"):
+        T.generate(model, clip_encoder, ["a red circle"], threshold="soft", **kw)
+    lm_like = T.FrozenTextEncoder("clip", clip_encoder.model)
+    lm_like.kind = "lm"
+    with pytest.raises(ValueError, match="trained with"):
+        T.generate(model, lm_like, ["a red circle"], **kw)
+    with pytest.raises(ValueError, match="condition must be a TextCondition"):
+        model(torch.zeros(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), clip_encoder.encode(["a"]))
+
+
+def test_prompt_sets_hold_out_what_they_say():
+    held = set(HELD_OUT)
+    pairs = {frozenset(p) for p in T.HELD_OUT_COLOUR_PAIRS}
+    _, seen = T.test_prompts(60, "one", "test")
+    _, heldout = T.test_prompts(60, "one", "holdout")
+    assert all((s["colour"], s["kind"]) not in held for s in seen)
+    assert all((s["colour"], s["kind"]) in held for s in heldout)
+    prompts, two = T.test_prompts(60, "two", "test", "held-out")
+    for text, spec in zip(prompts, two):
+        colours = {c for c, _ in spec["shapes"]}
+        assert any(p <= colours for p in pairs) and spec["relation"] in text
+    _, shapes = T.scenes(60, "two", "test", pairing="seen")
+    assert not any(T.pairing_held_out(s) for s in shapes)
+    for sc in shapes:
+        assert relations(*sc)
+
+
+def test_the_training_set_never_shows_a_held_out_pair_or_pairing():
+    recipe = T.T2IRecipe(n_train=400)
+    _, shapes = T.scenes(160, "two", "train", recipe.seed + 1)
+    assert not any(T.pairing_held_out(s) for s in shapes)
+    assert not any((s.colour, s.kind) in set(HELD_OUT) for sc in shapes for s in sc)
+    texts = T.training_captions(shapes, np.random.default_rng(0))
+    assert all(" of a " in t or " above a " in t or " below a " in t for t in texts)
+
+
+def test_the_pipeline_saves_and_loads_the_diffusers_way(tiny, clip_encoder, tmp_path):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    model, _ = tiny
+    pipe = T.TextToImagePipeline(model, clip_encoder)
+    pipe.save_pretrained(tmp_path, metrics={"x": 1.0})
+    assert isinstance(UNet2DConditionModel.from_pretrained(tmp_path / "unet", low_cpu_mem_usage=False),
+                      UNet2DConditionModel)
+    assert DDIMScheduler.from_pretrained(tmp_path / "scheduler").config.prediction_type == "sample"
+    again = T.TextToImagePipeline.from_pretrained(tmp_path)
+    a = again(["a red circle"], guidance_scale=2.0, num_inference_steps=3, seed=1)
+    b = pipe(["a red circle"], guidance_scale=2.0, num_inference_steps=3, seed=1)
+    assert torch.allclose(a, b, atol=2e-3)                      # the UNet is stored in float16
+    assert again.record["metrics"] == {"x": 1.0} and again.record["unet_parameters"] > 0
+    with pytest.raises(ValueError, match="a seed or a generator"):
+        pipe("a red circle", seed=0, generator=torch.Generator())
+    bad = tmp_path / "copy"
+    shutil.copytree(tmp_path, bad, ignore=shutil.ignore_patterns("copy"))
+    (bad / "unet" / "config.json").write_text((bad / "unet" / "config.json").read_text() + " ")
+    with pytest.raises(ValueError, match="checksum"):
+        T.TextToImagePipeline.from_pretrained(bad)
+    with pytest.raises(FileNotFoundError):
+        T.TextToImagePipeline.from_pretrained(tmp_path / "missing")
+
+
+def test_saturation_and_diversity_measure_what_they_say():
+    flat = torch.full((2, 3, 8, 8), 0.5)
+    assert T.saturation(flat) == {"clipped": 0.0, "saturation": 0.0}
+    assert T.saturation(torch.ones(1, 3, 4, 4))["clipped"] == 1.0
+    a = [{"colour": "red", "kind": "circle", "size": "small", "position": "left"}]
+    b = [{"colour": "red", "kind": "square", "size": "small", "position": "left"}]
+    assert T.diversity([a, a, a, a], [True] * 4, [0] * 4) == 0.0
+    assert T.diversity([a, b, a, b], [True] * 4, [0] * 4) == 0.5
+    assert T.diversity([a, b, a, b], [True, False, True, False], [0] * 4) == 0.0
+    assert T._open_spec("a small red shape") == {"colour": "red", "size": "small"}
+
+
+@pytest.mark.parametrize("name", ["t2i-clip", "t2i-lm", "t2i-lm-small"])
+def test_the_shipped_models_redraw_their_recorded_check(name):
+    """Re-sample the recheck prompts of each shipped model and compare with its record."""
+    folder = T.shipped_folder(name)
+    if not (folder / "record.json").exists():
+        pytest.skip(f"{name} is not shipped")
+    torch.set_num_threads(1)
+    pipe = T.TextToImagePipeline.from_pretrained(folder)
+    m = pipe.record["metrics"]
+    check = m["check"]
+    now = T.recheck(pipe, check["guidance"], check["n"], check["seed"])
+    assert abs(now["faithful"] - check["faithful"]) <= 0.05
+    assert abs(now["mean_pixel"] - check["mean_pixel"]) <= 2e-3
+    best = m["sweep"][f"{m['best_guidance']:g}"]
+    assert m["best_guidance"] == max((float(w) for w in m["sweep"]),
+                                     key=lambda w: m["sweep"][f"{w:g}"]["one_seen"]["faithful"])
+    assert all(0 <= best[k]["faithful"] <= 1 for k in ("one_seen", "one_heldout", "two_seen", "two_heldout_pairing"))
+
+
+def test_the_shipped_lm_model_meets_the_chapters_bars():
+    rec = json.loads((T.shipped_folder("t2i-lm") / "record.json").read_text())
+    m = rec["metrics"]
+    best = m["sweep"][f"{m['best_guidance']:g}"]
+    assert best["one_seen"]["faithful"] >= 0.95
+    assert best["one_heldout"]["faithful"] >= 0.85
+    two = max(json.loads((T.shipped_folder(n) / "record.json").read_text())["metrics"]["sweep"][
+        f"{m['best_guidance']:g}"]["two_seen"]["faithful"] for n in ("t2i-lm", "t2i-clip"))
+    assert two >= 0.70
+    for w in ("5", "7.5", "10"):
+        assert m["thresholding"][f"dynamic@{w}"]["valid"] >= m["thresholding"][f"static@{w}"]["valid"]

@@ -1,0 +1,409 @@
+"""DALL-E 2 (unCLIP) in miniature: a prior from CLIP text embeddings to CLIP image embeddings, and a
+decoder that draws an image from a CLIP image embedding.
+
+Introduced in chapter 6. unCLIP (Ramesh et al., 2022) factorises text to image through CLIP's
+image embedding z_i: P(x | y) = P(x | z_i, y) · P(z_i | y). Here
+
+- the **prior** P(z_i | y) is a diffusion model over the embedding vector: a small transformer reads
+  [the CLIP text embedding z_t, the timestep, the noised z_i, a query] and predicts the clean z_i
+  directly (the paper's choice, with an MSE loss). At sampling, two candidates are drawn and the one
+  with the larger z_i · z_t is kept (as in the paper). It is compared with two simple baselines: a
+  regression from z_t to z_i, and no prior at all (z_t fed to the decoder in place of z_i);
+- the **decoder** P(x | z_i) is a ``diffusers`` ``UNet2DConditionModel`` whose condition is z_i,
+  projected into four extra context tokens for cross-attention and added to the timestep
+  embedding, as in the paper (which also gives the decoder the caption; this one reads z_i alone).
+  z_i is zeroed 10% of the time in training, so classifier-free guidance works.
+
+Because the decoder reads an image embedding, it can make **variations** of an image (encode it
+with CLIP, decode several times) and **interpolate** between two images (slerp their embeddings),
+which a model conditioned on text alone cannot do. The embeddings are chapter 2's CLIP's; its
+weights are stored with the decoder, so the shipped decoder always reads the embeddings it was
+trained on. The 64-dimensional embedding is diffused as a (B, 64, 1, 1) tensor, so chapter 5's DDIM
+step applies unchanged, scaled by √64 so its entries have unit variance like an image's pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checks
+from . import diffusion as D
+from .plotting import progress
+from .text2image import T2IConfig, build_cond_unet, scenes
+
+#: Extra context tokens made from the CLIP image embedding (the paper uses four).
+CONTEXT_TOKENS = 4
+#: The shipped decoder (and the CLIP it reads): ``vlmlib/weights/unclip-decoder``.
+DECODER_NAME = "unclip-decoder"
+
+
+# -- CLIP embeddings --------------------------------------------------------------------------------
+@torch.no_grad()
+def image_embeddings(clip_model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Unit-length CLIP image embeddings (N, E) of images (N, 3, 32, 32) in [0, 1]."""
+    return torch.cat([clip_model.encode_image(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def text_embeddings(clip_model, prompts: Sequence[str]) -> torch.Tensor:
+    """Unit-length CLIP text embeddings (N, E) of prompts."""
+    from .clip import embed_texts
+
+    return embed_texts(clip_model, list(prompts))
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between unit vectors a and b (…, E) at fraction w (0: a, 1: b)."""
+    w = torch.as_tensor(w, dtype=a.dtype)
+    cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
+    theta = torch.arccos(cos)
+    return (torch.sin((1 - w) * theta) * a + torch.sin(w * theta) * b) / torch.sin(theta)
+
+
+# -- the decoder ------------------------------------------------------------------------------------
+class Decoder(nn.Module):
+    """``model(x_t, t, z_i)``: the denoiser conditioned on a CLIP image embedding z_i (B, E); z_i = 0 is
+    "no condition"."""
+
+    def __init__(self, config: T2IConfig, embed_dim: int = 64):
+        super().__init__()
+        if not isinstance(config, T2IConfig):
+            raise TypeError(f"config must be a T2IConfig, got {type(config).__name__}")
+        self.config, self.embed_dim = config, checks.integer(embed_dim, "embed_dim", minimum=1)
+        self.to_tokens = nn.Linear(embed_dim, CONTEXT_TOKENS * config.cross_attention_dim)
+        self.unet = build_cond_unet(config, config.cross_attention_dim, embed_dim)
+        self.schedule = config.make_schedule()
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        D._check_images(x_t, "x_t")
+        if not isinstance(z, torch.Tensor) or z.shape != (len(x_t), self.embed_dim):
+            raise ValueError(f"z must be the CLIP image embeddings ({len(x_t)}, {self.embed_dim}), "
+                             f"got {tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        t = D._check_t(t, len(x_t), c.T)
+        context = self.to_tokens(z).view(len(z), CONTEXT_TOKENS, c.cross_attention_dim)
+        return self.unet(x_t, t, encoder_hidden_states=context, class_labels=z).sample
+
+
+@dataclass
+class DecoderRecipe:
+    """How the decoder is trained (one-shape scenes of the ``train`` split)."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: float = 0.05
+    ema_decay: float = 0.998
+    n_train: int = 20_000
+    cond_dropout: float = 0.1            # z_i zeroed this often (the paper: 10%)
+    min_snr_gamma: float = 5.0
+    seed: int = 0
+    world_seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_decoder(clip_model, config: T2IConfig, recipe: DecoderRecipe, desc: str = "training the decoder"):
+    """Train the decoder on one-shape scenes and their CLIP image embeddings; ``(EMA model, history, seconds)``."""
+    from .training import cosine_schedule
+
+    torch.manual_seed(recipe.seed)
+    images32, _ = scenes(recipe.n_train, "one", "train", recipe.seed, recipe.world_seed)
+    z_all = image_embeddings(clip_model, images32)
+    images = D.to_model_space(images32, config.image_size)
+    model = Decoder(config, z_all.shape[1])
+    ema = D.EMA(model, recipe.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    warm = int(recipe.warmup * recipe.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, recipe.steps, warm))
+    g = torch.Generator().manual_seed(recipe.seed)
+    history: dict[str, list[float]] = {"loss": []}
+    start = time.perf_counter()
+    model.train()
+    bar = progress(range(recipe.steps), desc=desc)
+    for step in bar:
+        idx = torch.randint(0, len(images), (recipe.batch_size,), generator=g)
+        z = z_all[idx] * (torch.rand(recipe.batch_size, 1, generator=g) >= recipe.cond_dropout)
+        loss = D.diffusion_loss(model, images[idx], z, generator=g, min_snr_gamma=recipe.min_snr_gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update(model)
+        history["loss"].append(loss.item())
+        if step % 25 == 0 and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    seconds = time.perf_counter() - start
+    ema_model = Decoder(config, z_all.shape[1])
+    ema_model.load_state_dict(ema.state_dict())
+    return ema_model.eval(), history, seconds
+
+
+@torch.no_grad()
+def decode(model: Decoder, z: torch.Tensor, guidance: float = 3.0, steps: int = 20,
+           generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+           threshold: str = "static", show_progress: bool = False) -> torch.Tensor:
+    """Images (N, 3, 32, 32) drawn by the decoder from image embeddings z (N, E), with guidance w
+    (ε̃ = ε(x, 0) + w·(ε(x, z) − ε(x, 0))). ``noise`` fixes the starting x_T (N, 3, S, S)."""
+    if not isinstance(model, Decoder):
+        raise TypeError(f"model must be a Decoder, got {type(model).__name__}")
+    if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != model.embed_dim:
+        raise ValueError(f"z must be image embeddings (N, {model.embed_dim})")
+    guidance = checks.number(guidance, "guidance", low=0.0)
+    c = model.config
+    shape = (len(z), 3, c.image_size, c.image_size)
+    if noise is None:
+        noise = torch.randn(shape, generator=generator)
+    elif noise.shape != shape:
+        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    null = torch.zeros_like(z)
+
+    def predict(x, tt):
+        if guidance == 1:
+            return model(x, tt, z)
+        out_u, out_c = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([null, z])).chunk(2)
+        return D.guide(out_u, out_c, guidance)
+
+    return D.denoise_loop(predict, noise, model.schedule, c.prediction_type, steps, "ddim", generator=generator,
+                          threshold=threshold, desc="decoding", show_progress=show_progress)
+
+
+# -- the priors -------------------------------------------------------------------------------------
+@dataclass
+class PriorConfig:
+    """The diffusion prior: a small transformer over four tokens, and its training."""
+
+    embed_dim: int = 64
+    width: int = 96
+    depth: int = 2
+    heads: int = 4
+    T: int = 1000
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    n_train: int = 20_000
+    seed: int = 0
+    world_seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DiffusionPrior(nn.Module):
+    """Predicts the clean image embedding from [z_t, timestep, noised z_i, query] (the paper's layout,
+    with a causal mask so the query reads everything before it)."""
+
+    def __init__(self, config: PriorConfig):
+        super().__init__()
+        c = self.config = config
+        self.text_in = nn.Linear(c.embed_dim, c.width)
+        self.noisy_in = nn.Linear(c.embed_dim, c.width)
+        self.time_embed = nn.Embedding(c.T, c.width)
+        self.query = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
+        self.pos = nn.Parameter(torch.zeros(1, 4, c.width))
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, 4 * c.width, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, c.depth, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(c.width), nn.Linear(c.width, c.embed_dim))
+        self.register_buffer("causal", torch.triu(torch.ones(4, 4, dtype=torch.bool), 1), persistent=False)
+        self.schedule = D.make_schedule("cosine", c.T)
+        self.scale = math.sqrt(c.embed_dim)      # unit vectors -> entries of unit variance
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z_text: torch.Tensor) -> torch.Tensor:
+        """x_t: noised scaled embeddings (B, E); t (B,); z_text (B, E) unit text embeddings -> x̂₀ (B, E)."""
+        tokens = torch.stack([self.text_in(z_text), self.time_embed(t), self.noisy_in(x_t)], 1)
+        h = torch.cat([tokens, self.query.expand(len(x_t), -1, -1)], 1) + self.pos
+        return self.out(self.blocks(h, mask=self.causal)[:, -1])
+
+
+def prior_training_pairs(clip_model, n: int, seed: int = 0, world_seed: int = 0):
+    """(text embeddings, image embeddings) of n one-shape scenes, each captioned in one of several
+    ways, some naming only a few attributes ("a red shape")."""
+    from .text2image import training_captions
+
+    images, shapes = scenes(n, "one", "train", seed, world_seed)
+    texts = training_captions(shapes, np.random.default_rng([seed, 8]))
+    return text_embeddings(clip_model, texts), image_embeddings(clip_model, images), texts
+
+
+def train_prior(clip_model, config: PriorConfig | None = None, data=None, desc: str = "training the prior"):
+    """Train the diffusion prior (x₀-prediction, MSE, t uniform); ``(model, history, seconds)``."""
+    from .training import train
+
+    config = config if config is not None else PriorConfig()
+    torch.manual_seed(config.seed)
+    zt, zi, _ = data if data is not None else prior_training_pairs(clip_model, config.n_train, config.seed,
+                                                                  config.world_seed)
+    model = DiffusionPrior(config)
+    ab = model.schedule.alpha_bar
+    g = torch.Generator().manual_seed(config.seed)
+    start = time.perf_counter()
+
+    def loss_fn(step: int):
+        idx = torch.randint(len(zi), (config.batch_size,), generator=g)
+        x0 = zi[idx] * model.scale
+        t = torch.randint(config.T, (config.batch_size,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = ab[t][:, None]
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return F.mse_loss(model(x_t, t, zt[idx]), x0)
+
+    history = train(model, loss_fn, config.steps, lr=config.lr, weight_decay=0.01, desc=desc)
+    return model.eval(), history, time.perf_counter() - start
+
+
+@torch.no_grad()
+def sample_prior(prior: DiffusionPrior, z_text: torch.Tensor, steps: int = 25, candidates: int = 2,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Image embeddings (N, E), unit length, for text embeddings (N, E): DDIM over the scaled vector
+    (as a (N, E, 1, 1) tensor for chapter 5's step), ``candidates`` draws each, the one with the
+    largest z_i · z_t kept."""
+    if not isinstance(prior, DiffusionPrior):
+        raise TypeError(f"prior must be a DiffusionPrior, got {type(prior).__name__}")
+    candidates = checks.integer(candidates, "candidates", minimum=1)
+    n, e = z_text.shape
+    zt = z_text.repeat(candidates, 1)
+    x = torch.randn((len(zt), e, 1, 1), generator=generator)
+    sched = prior.schedule
+    ts = D.timesteps_for(steps, sched.T)
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        x0 = prior(x[:, :, 0, 0], torch.full((len(zt),), t), zt)
+        x0 = (F.normalize(x0, dim=-1) * prior.scale)[:, :, None, None]        # back onto the sphere
+        _, eps = D.to_x0_eps(x0, t, x, sched.alpha_bar, "sample")
+        x = D.ddim_step(eps, t, x, sched, t_prev=t_prev, x0=x0)
+    z = F.normalize(x[:, :, 0, 0], dim=-1).view(candidates, n, e)
+    best = (z * z_text[None]).sum(-1).argmax(0)                                # (n,)
+    return z[best, torch.arange(n)]
+
+
+class RegressionPrior(nn.Module):
+    """The baseline: an MLP from z_t to z_i, trained to maximise their cosine similarity (one answer per text)."""
+
+    def __init__(self, embed_dim: int = 64, width: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(embed_dim, width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
+                                 nn.Linear(width, embed_dim))
+
+    def forward(self, z_text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(z_text), dim=-1)
+
+
+def train_regression_prior(data, steps: int = 800, seed: int = 0, desc: str = "training the regression prior"):
+    from .training import train
+
+    zt, zi, _ = data
+    torch.manual_seed(seed)
+    model = RegressionPrior(zt.shape[1])
+    g = torch.Generator().manual_seed(seed)
+
+    def loss_fn(step: int):
+        idx = torch.randint(len(zi), (256,), generator=g)
+        return (1 - (model(zt[idx]) * zi[idx]).sum(-1)).mean()
+
+    history = train(model, loss_fn, steps, lr=1e-3, weight_decay=0.01, desc=desc)
+    return model.eval(), history
+
+
+# -- the shipped decoder ----------------------------------------------------------------------------
+def decoder_folder() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("vlmlib") / "weights")) / DECODER_NAME
+
+
+def save_decoder(model: Decoder, clip_model, recipe: DecoderRecipe, metrics: dict, history: dict,
+                 folder: Path | str | None = None) -> Path:
+    """``unet/`` with ``save_pretrained`` (float16), ``decoder.safetensors`` (the token projection),
+    ``clip.safetensors`` (the CLIP whose embeddings it reads) and ``record.json``."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder) if folder is not None else decoder_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(model.unet).to(torch.float16).save_pretrained(folder / "unet")
+    save_file({k: v.contiguous() for k, v in model.to_tokens.state_dict().items()}, str(folder / "decoder.safetensors"))
+    save_file({k: v.detach().contiguous() for k, v in clip_model.state_dict().items()}, str(folder / "clip.safetensors"))
+    record = {"config": model.config.to_dict(), "embed_dim": model.embed_dim, "clip_config": clip_model.config.to_dict(),
+              "recipe": recipe.to_dict(), "metrics": metrics, "history": history}
+    record["files"] = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                       for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "record.json"}
+    (folder / "record.json").write_text(json.dumps(record, indent=1, allow_nan=False))
+    return folder
+
+
+def load_decoder(folder: Path | str | None = None):
+    """The shipped decoder and its CLIP: ``(decoder, clip_model, record)``; files are checksum-checked."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from .clip import CLIP, CLIPConfig
+
+    folder = Path(folder) if folder is not None else decoder_folder()
+    if not (folder / "record.json").is_file():
+        raise FileNotFoundError(f"no unCLIP decoder in {folder}: run `python -m tools.train_unclip`")
+    record = json.loads((folder / "record.json").read_text())
+    for name, sha in record["files"].items():
+        if not (folder / name).is_file() or hashlib.sha256((folder / name).read_bytes()).hexdigest() != sha:
+            raise ValueError(f"{folder / name} is missing or fails its checksum")
+    model = Decoder(T2IConfig(**record["config"]), record["embed_dim"])
+    model.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32, low_cpu_mem_usage=False)
+    model.to_tokens.load_state_dict(load_file(str(folder / "decoder.safetensors")))
+    clip_model = CLIP(CLIPConfig(**record["clip_config"]))
+    clip_model.load_state_dict(load_file(str(folder / "clip.safetensors")))
+    return model.eval(), clip_model.eval(), record
+
+
+# -- text to image through the prior, and scores ----------------------------------------------------
+@torch.no_grad()
+def generate(prompts: Sequence[str], prior, decoder: Decoder, clip_model, guidance: float = 3.0, steps: int = 20,
+             seed: int = 0, show_progress: bool = False) -> torch.Tensor:
+    """unCLIP: prompt -> CLIP text embedding -> image embedding -> image.
+
+    ``prior`` is a :class:`DiffusionPrior` (sampled, two candidates), a :class:`RegressionPrior`
+    (one answer per text), or ``None`` (the text embedding itself is given to the decoder).
+    """
+    prompts = [prompts] if isinstance(prompts, str) else checks.text_list(prompts, "prompts")
+    g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
+    zt = text_embeddings(clip_model, prompts)
+    if prior is None:
+        z = zt
+    elif isinstance(prior, DiffusionPrior):
+        z = sample_prior(prior, zt, generator=g)
+    elif isinstance(prior, RegressionPrior):
+        z = prior(zt)
+    else:
+        raise TypeError(f"prior must be a DiffusionPrior, a RegressionPrior or None, got {type(prior).__name__}")
+    return decode(decoder, z, guidance, steps, generator=g, show_progress=show_progress)
+
+
+def decoder_scores(decoder: Decoder, clip_model, n: int = 200, guidance: float = 3.0, seed: int = 5000) -> dict:
+    """How faithfully the decoder redraws real one-shape scenes from their CLIP image embeddings: the
+    scene judge's colour, kind and position agreement with the original (seen and held-out pairs)."""
+    from . import scene_judge as SJ
+
+    judge = SJ.load_scene_judge()[0]
+    out = {}
+    for split in ("test", "holdout"):
+        images, shapes = scenes(n, "one", split, seed)
+        drawn = decode(decoder, image_embeddings(clip_model, images), guidance,
+                       generator=torch.Generator().manual_seed(seed))
+        specs = [{"colour": s[0].colour, "kind": s[0].kind, "position": s[0].position} for s in shapes]
+        s = SJ.score_prompts(judge, drawn, specs)
+        out[f"redraw_{split}"] = s["faithful"]
+        out[f"redraw_{split}_valid"] = s["valid"]
+    return out
