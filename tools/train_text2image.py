@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="the smaller UNet (t2i-lm-small)")
     parser.add_argument("--out", default=None, help="folder (default: the shipped one)")
     parser.add_argument("--rescore", action="store_true", help="re-measure the stored model's scores")
+    parser.add_argument("--sweep", default=None, help="guidance scales, e.g. 1,2,3,5 (default: the full sweep)")
+    parser.add_argument("--no-thresholding", action="store_true", help="skip static/dynamic at high w")
     args = parser.parse_args()
     torch.set_num_threads(1)                 # the same arithmetic on every machine, and a shared CPU stays usable
     folder = args.out or T.shipped_folder(f"t2i-{args.encoder}" + ("-small" if args.small else ""))
@@ -44,10 +46,22 @@ def main() -> None:
                              recipe=recipe)
         print(f"trained in {seconds:.0f} s, saved to {folder}")
     pipe = T.TextToImagePipeline.from_pretrained(folder)
-    if hasattr(T, "benchmark"):
-        metrics = {"train_seconds": pipe.record.get("metrics", {}).get("train_seconds"), **T.benchmark(pipe)}
-        pipe.save_pretrained(folder, metrics=metrics)
-        print(json.dumps(metrics, indent=1))
+    sweep = T.GUIDANCE_SWEEP if args.sweep is None else tuple(float(w) for w in args.sweep.split(","))
+    scores = T.benchmark(pipe, sweep=sweep, thresholding=not args.no_thresholding, clip_model=clip_for_scores())
+    metrics = {"train_seconds": pipe.record.get("metrics", {}).get("train_seconds"), **scores}
+    pipe.save_pretrained(folder, metrics=metrics)
+    print(json.dumps(metrics, indent=1))
+
+
+def clip_for_scores():
+    """Chapter 2's CLIP, for the CLIP score: the copy stored with the unCLIP decoder when there is one."""
+    from vlmlib import clip as C
+    from vlmlib import unclip as U
+
+    try:
+        return U.load_decoder()[1]
+    except FileNotFoundError:
+        return C.load_clip(budget="cpu", device="cpu", verbose=False)[0]
 
 
 if __name__ == "__main__":

@@ -714,7 +714,8 @@ def prompt_sets(n: int = 200, seed: int = 4000) -> dict[str, tuple[list[str], li
 
 
 def benchmark(pipe: "TextToImagePipeline", n: int = 200, sweep: Sequence[float] = GUIDANCE_SWEEP,
-              steps: int = 20, seed: int = 0, clip_model=None, show_progress: bool = True) -> dict:
+              steps: int = 20, seed: int = 0, clip_model=None, show_progress: bool = True,
+              thresholding: bool = True) -> dict:
     """Everything the benchmark table and the chapter report about a pipeline.
 
     For each guidance scale w of ``sweep``: the four prompt sets of :func:`prompt_sets` (``n`` each),
@@ -749,7 +750,7 @@ def benchmark(pipe: "TextToImagePipeline", n: int = 200, sweep: Sequence[float] 
                   f"({time.perf_counter() - start:.0f} s)")
     result["thresholding"] = {}
     prompts, specs = sets["one_seen"]
-    for w in (5.0, 7.5, 10.0):
+    for w in (5.0, 7.5, 10.0) if thresholding else ():
         for kind in ("static", "dynamic"):
             images = pipe(prompts, guidance_scale=w, num_inference_steps=steps, seed=seed, threshold=kind)
             s = score_images(images, prompts, specs)

@@ -42,7 +42,8 @@ def threshold_x0(x0: torch.Tensor, kind: str = "static", percentile: float = 0.9
         return x0.clamp(-1, 1)
     percentile = checks.number(percentile, "percentile", low=0.0, high=1.0, low_open=True)
     flat = x0.reshape(len(x0), -1)
-    s = torch.quantile(flat.abs().float(), percentile, dim=1).to(x0.dtype).clamp(min=1)       # (B,)
+    work = flat.abs() if flat.dtype in (torch.float32, torch.float64) else flat.abs().float()
+    s = torch.quantile(work, percentile, dim=1).to(x0.dtype).clamp(min=1)                     # (B,)
     s = s.view(-1, *([1] * (x0.ndim - 1)))
     return x0.clamp(-s, s) / s
 
