@@ -263,3 +263,15 @@ def test_the_book_renders_an_executed_copy_only_if_it_is_the_notebook(tmp_path, 
     nbformat.write(executed, copy)
     stale = render({ext.EXECUTED_ENV: "executed"})
     assert stale.cells[1].outputs == [] and "mystnb" not in stale.metadata
+
+
+def test_every_shipped_weight_file_is_package_data():
+    """Colab installs vlmlib from git, not editable: a file the globs miss would not be installed."""
+    import fnmatch
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["vlmlib"]
+    folder = ROOT / "vlmlib"
+    missed = [str(p.relative_to(folder)) for p in (folder / "weights").rglob("*") if p.is_file()
+              and not any(fnmatch.fnmatchcase(str(p.relative_to(folder)), g) and
+                          str(p.relative_to(folder)).count("/") == g.count("/") for g in globs)]
+    assert missed == [], f"add package-data globs to pyproject.toml for {missed}"
