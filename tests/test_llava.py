@@ -286,3 +286,17 @@ def test_bad_arguments_are_clear_errors():
         _model()(torch.rand(1, 3, 32, 32), torch.rand(1, 20))
     with pytest.raises(TypeError, match="conversations must be a non-empty list"):
         apply_template(["what colour is the circle?"], 16)
+
+
+def test_the_transformers_copy_saves_and_loads_with_the_same_logits(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    model = _model("linear").eval()
+    hf = to_transformers(model)
+    hf.save_pretrained(tmp_path)
+    again = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert again.config.projector_hidden_act == "linear"
+    batch = _batch(model)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(hf(pixel_values=x, **batch).logits, again(pixel_values=x, **batch).logits)
