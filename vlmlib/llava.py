@@ -112,10 +112,11 @@ def grid_features(clip_model, images, layer: int = -2) -> torch.Tensor:
     ``layer`` indexes the hidden states as ``transformers`` does: index 0 is the embeddings z₀
     (Eq. 1 of ViT), index ℓ the output of block ℓ, −1 the last block's output (before the final
     LayerNorm, which belongs to the pooled feature). LLaVA reads layer **−2**, the penultimate block
-    (``--mm_vision_select_layer -2``; ``vision_feature_layer=-2`` in ``transformers``): CLIP's last
-    block is trained only to make the CLS token match a caption, so its patch tokens are shaped for
-    that one pooled vector, while the block before still keeps more local detail of each patch.
-    The CLS token is dropped (``vision_feature_select_strategy="default"``): the LM gets only the
+    (``--mm_vision_select_layer -2``; ``vision_feature_layer=-2`` in ``transformers``). CLIP's
+    training shapes only the last block's CLS token (it must match a caption), so the last block's
+    patch tokens serve that one pooled vector; LLaVA's ablation found the last layer's features
+    slightly worse and suggests that the layer before keeps more localised detail. (Chapter 2's
+    CLIP has two blocks, so −2 is the output of its first block.) The CLS token is dropped (``vision_feature_select_strategy="default"``): the LM gets only the
     grid. ``clip_model`` is a vlmlib CLIP (its ``image_encoder``) or a ViT; images (B, 3, H, W) in
     [0, 1]. No gradient flows: the tower is frozen.
     """
