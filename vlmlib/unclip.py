@@ -81,6 +81,10 @@ class Decoder(nn.Module):
         if not isinstance(config, T2IConfig):
             raise TypeError(f"config must be a T2IConfig, got {type(config).__name__}")
         self.config, self.embed_dim = config, checks.integer(embed_dim, "embed_dim", minimum=1)
+        # z_i is standardised per dimension (statistics of the training embeddings): CLIP's unit
+        # vectors differ most by colour, and position or kind move them only a little
+        self.register_buffer("z_mean", torch.zeros(embed_dim))
+        self.register_buffer("z_std", torch.ones(embed_dim))
         self.to_tokens = nn.Linear(embed_dim, CONTEXT_TOKENS * config.cross_attention_dim)
         self.unet = build_cond_unet(config, config.cross_attention_dim, embed_dim)
         self.schedule = config.make_schedule()
@@ -92,6 +96,8 @@ class Decoder(nn.Module):
             raise ValueError(f"z must be the CLIP image embeddings ({len(x_t)}, {self.embed_dim}), "
                              f"got {tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
         t = D._check_t(t, len(x_t), c.T)
+        given = (z != 0).any(-1, keepdim=True)                 # z = 0 stays 0: "no condition"
+        z = (z - self.z_mean) / self.z_std * given
         context = self.to_tokens(z).view(len(z), CONTEXT_TOKENS, c.cross_attention_dim)
         return self.unet(x_t, t, encoder_hidden_states=context, class_labels=z).sample
 
@@ -124,6 +130,8 @@ def train_decoder(clip_model, config: T2IConfig, recipe: DecoderRecipe, desc: st
     z_all = image_embeddings(clip_model, images32)
     images = D.to_model_space(images32, config.image_size)
     model = Decoder(config, z_all.shape[1])
+    model.z_mean.copy_(z_all.mean(0))
+    model.z_std.copy_(z_all.std(0).clamp(min=1e-4))
     ema = D.EMA(model, recipe.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     warm = int(recipe.warmup * recipe.steps)
@@ -327,7 +335,7 @@ def decoder_folder() -> Path:
 
 def save_decoder(model: Decoder, clip_model, recipe: DecoderRecipe, metrics: dict, history: dict,
                  folder: Path | str | None = None) -> Path:
-    """``unet/`` with ``save_pretrained`` (float16), ``decoder.safetensors`` (the token projection),
+    """``unet/`` with ``save_pretrained`` (float16), ``decoder.safetensors`` (the token projection and the embedding statistics),
     ``clip.safetensors`` (the CLIP whose embeddings it reads) and ``record.json``."""
     import copy
 
@@ -336,7 +344,8 @@ def save_decoder(model: Decoder, clip_model, recipe: DecoderRecipe, metrics: dic
     folder = Path(folder) if folder is not None else decoder_folder()
     folder.mkdir(parents=True, exist_ok=True)
     copy.deepcopy(model.unet).to(torch.float16).save_pretrained(folder / "unet")
-    save_file({k: v.contiguous() for k, v in model.to_tokens.state_dict().items()}, str(folder / "decoder.safetensors"))
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("unet.")},
+              str(folder / "decoder.safetensors"))
     save_file({k: v.detach().contiguous() for k, v in clip_model.state_dict().items()}, str(folder / "clip.safetensors"))
     record = {"config": model.config.to_dict(), "embed_dim": model.embed_dim, "clip_config": clip_model.config.to_dict(),
               "recipe": recipe.to_dict(), "metrics": metrics, "history": history}
@@ -362,7 +371,9 @@ def load_decoder(folder: Path | str | None = None):
             raise ValueError(f"{folder / name} is missing or fails its checksum")
     model = Decoder(T2IConfig(**record["config"]), record["embed_dim"])
     model.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32, low_cpu_mem_usage=False)
-    model.to_tokens.load_state_dict(load_file(str(folder / "decoder.safetensors")))
+    missing, unexpected = model.load_state_dict(load_file(str(folder / "decoder.safetensors")), strict=False)
+    if unexpected or any(not k.startswith("unet.") for k in missing):
+        raise ValueError(f"{folder / 'decoder.safetensors'} does not fit the decoder: {unexpected or missing}")
     clip_model = CLIP(CLIPConfig(**record["clip_config"]))
     clip_model.load_state_dict(load_file(str(folder / "clip.safetensors")))
     return model.eval(), clip_model.eval(), record
