@@ -4,9 +4,10 @@ decoder that draws an image from a CLIP image embedding.
 Introduced in chapter 6. unCLIP (Ramesh et al., 2022) factorises text to image through CLIP's
 image embedding z_i: P(x | y) = P(x | z_i, y) · P(z_i | y). Here
 
-- the **prior** P(z_i | y) is a diffusion model over the embedding vector: a small transformer reads
-  [the CLIP text embedding z_t, the timestep, the noised z_i, a query] and predicts the clean z_i
-  directly (the paper's choice, with an MSE loss). At sampling, two candidates are drawn and the one
+- the **prior** P(z_i | y) is a diffusion model over the embedding vector: a small causal transformer
+  reads [the CLIP text embedding z_t, the timestep, the noised z_i, a query] and predicts the clean
+  z_i directly (the paper's choice, with an MSE loss; the paper's sequence also starts with the
+  caption's tokens, left out here). At sampling, two candidates are drawn and the one
   with the larger z_i · z_t is kept (as in the paper). It is compared with two simple baselines: a
   regression from z_t to z_i, and no prior at all (z_t fed to the decoder in place of z_i);
 - the **decoder** P(x | z_i) is a ``diffusers`` ``UNet2DConditionModel`` whose condition is z_i,
