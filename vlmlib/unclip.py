@@ -107,14 +107,14 @@ class Decoder(nn.Module):
 class DecoderRecipe:
     """How the decoder is trained (one-shape scenes of the ``train`` split)."""
 
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
     warmup: float = 0.05
     ema_decay: float = 0.998
     n_train: int = 20_000
     cond_dropout: float = 0.1            # z_i zeroed this often (the paper: 10%)
-    min_snr_gamma: float = 5.0
+    min_snr_gamma: float = 0.0           # the plain x₀ loss, as text2image.T2IRecipe
     seed: int = 0
     world_seed: int = 0
 
