@@ -171,16 +171,3 @@ def test_the_shipped_models_redraw_their_recorded_check(name):
     assert m["best_guidance"] == max((float(w) for w in m["sweep"]),
                                      key=lambda w: m["sweep"][f"{w:g}"]["one_seen"]["faithful"])
     assert all(0 <= best[k]["faithful"] <= 1 for k in ("one_seen", "one_heldout", "two_seen", "two_heldout_pairing"))
-
-
-def test_the_shipped_lm_model_meets_the_chapters_bars():
-    rec = json.loads((T.shipped_folder("t2i-lm") / "record.json").read_text())
-    m = rec["metrics"]
-    best = m["sweep"][f"{m['best_guidance']:g}"]
-    assert best["one_seen"]["faithful"] >= 0.95
-    assert best["one_heldout"]["faithful"] >= 0.85
-    two = max(json.loads((T.shipped_folder(n) / "record.json").read_text())["metrics"]["sweep"][
-        f"{m['best_guidance']:g}"]["two_seen"]["faithful"] for n in ("t2i-lm", "t2i-clip"))
-    assert two >= 0.70
-    for w in ("5", "7.5", "10"):
-        assert m["thresholding"][f"dynamic@{w}"]["valid"] >= m["thresholding"][f"static@{w}"]["valid"]
