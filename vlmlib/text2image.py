@@ -34,7 +34,6 @@ import torch.nn.functional as F
 
 from . import checks
 from . import diffusion as D
-from .plotting import progress
 from .shapesworld import HELD_OUT, ShapesWorld, caption, relation_caption, relations, varied_caption
 from .tokenizer import shapes_tokenizer
 
@@ -406,8 +405,6 @@ def train_text2image(config: T2IConfig, recipe: T2IRecipe, encoder: FrozenTextEn
     probability ``recipe.cond_dropout``, chapter 5's loss (:func:`vlmlib.diffusion.diffusion_loss`).
     ``data`` is :func:`training_set`'s output (computed if not given).
     """
-    from .training import cosine_schedule
-
     if not isinstance(config, T2IConfig) or not isinstance(recipe, T2IRecipe):
         raise TypeError("train_text2image needs a T2IConfig and a T2IRecipe")
     if not isinstance(encoder, FrozenTextEncoder) or encoder.kind != config.encoder:
@@ -417,39 +414,20 @@ def train_text2image(config: T2IConfig, recipe: T2IRecipe, encoder: FrozenTextEn
     images, _, cond = data if data is not None else training_set(recipe, encoder, config.image_size)
     images, cond = images.to(device), cond.to(device)
     null = encoder.encode([""]).to(device)
+    nulls = TextCondition(null.states.expand(recipe.batch_size, -1, -1), null.mask.expand(recipe.batch_size, -1),
+                          null.pooled.expand(recipe.batch_size, -1))
     model = TextToImage(config).to(device)
-    ema = D.EMA(model, recipe.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
-    warm = int(recipe.warmup * recipe.steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, recipe.steps, warm))
     g = torch.Generator().manual_seed(recipe.seed)
-    history: dict[str, list[float]] = {"loss": []}
-    start = time.perf_counter()
-    model.train()
-    bar = progress(range(recipe.steps), desc=desc)
-    for step in bar:
-        idx = torch.randint(0, len(images), (recipe.batch_size,), generator=g)
+
+    def batch(step: int):
+        idx = torch.randint(0, len(images), (recipe.batch_size,), generator=g).to(device)
         keep = torch.rand(recipe.batch_size, generator=g) >= recipe.cond_dropout
-        c = cond[idx.to(device)].where(keep, TextCondition(null.states.expand(recipe.batch_size, -1, -1),
-                                                           null.mask.expand(recipe.batch_size, -1),
-                                                           null.pooled.expand(recipe.batch_size, -1)))
-        loss = D.diffusion_loss(model, images[idx.to(device)], c, generator=g, min_snr_gamma=recipe.min_snr_gamma)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step}; try a lower learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.update(model)
-        history["loss"].append(loss.item())
-        if step % 25 == 0 and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if time_limit is not None and time.perf_counter() - start > time_limit:
-            break
-    seconds = time.perf_counter() - start
+        return images[idx], cond[idx].where(keep, nulls)
+
+    state, history, seconds = D.fit(model, batch, recipe.steps, recipe.lr, recipe.warmup, recipe.ema_decay, g,
+                                    recipe.min_snr_gamma, desc, time_limit)
     ema_model = TextToImage(config).to(device)
-    ema_model.load_state_dict(ema.state_dict())
+    ema_model.load_state_dict(state)
     return ema_model.eval(), history, seconds
 
 

@@ -40,7 +40,6 @@ import torch.nn.functional as F
 
 from . import checks
 from . import diffusion as D
-from .plotting import progress
 from .text2image import T2IConfig, build_cond_unet, scenes
 
 #: Extra context tokens made from the CLIP image embedding (the paper uses four).
@@ -124,8 +123,6 @@ class DecoderRecipe:
 
 def train_decoder(clip_model, config: T2IConfig, recipe: DecoderRecipe, desc: str = "training the decoder"):
     """Train the decoder on one-shape scenes and their CLIP image embeddings; ``(EMA model, history, seconds)``."""
-    from .training import cosine_schedule
-
     torch.manual_seed(recipe.seed)
     images32, _ = scenes(recipe.n_train, "one", "train", recipe.seed, recipe.world_seed)
     z_all = image_embeddings(clip_model, images32)
@@ -133,31 +130,17 @@ def train_decoder(clip_model, config: T2IConfig, recipe: DecoderRecipe, desc: st
     model = Decoder(config, z_all.shape[1])
     model.z_mean.copy_(z_all.mean(0))
     model.z_std.copy_(z_all.std(0).clamp(min=1e-4))
-    ema = D.EMA(model, recipe.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
-    warm = int(recipe.warmup * recipe.steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, recipe.steps, warm))
     g = torch.Generator().manual_seed(recipe.seed)
-    history: dict[str, list[float]] = {"loss": []}
-    start = time.perf_counter()
-    model.train()
-    bar = progress(range(recipe.steps), desc=desc)
-    for step in bar:
+
+    def batch(step: int):
         idx = torch.randint(0, len(images), (recipe.batch_size,), generator=g)
         z = z_all[idx] * (torch.rand(recipe.batch_size, 1, generator=g) >= recipe.cond_dropout)
-        loss = D.diffusion_loss(model, images[idx], z, generator=g, min_snr_gamma=recipe.min_snr_gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.update(model)
-        history["loss"].append(loss.item())
-        if step % 25 == 0 and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    seconds = time.perf_counter() - start
+        return images[idx], z
+
+    state, history, seconds = D.fit(model, batch, recipe.steps, recipe.lr, recipe.warmup, recipe.ema_decay, g,
+                                    recipe.min_snr_gamma, desc)
     ema_model = Decoder(config, z_all.shape[1])
-    ema_model.load_state_dict(ema.state_dict())
+    ema_model.load_state_dict(state)
     return ema_model.eval(), history, seconds
 
 

@@ -41,7 +41,7 @@ from .schedules import (PREDICTION_TYPES, SAMPLERS, SCHEDULES, Schedule, _as_alp
                         _check_step, _check_t, _cosine_alpha_bar, _describe, ddim_step, ddpm_reverse_step,
                         equivalent_noise, make_schedule, noise_step_by_step, q_sample, target_for, timesteps_for,
                         to_x0_eps)
-from .training import EMA, Recipe, _check_denoiser, diffusion_loss, ema_weights, train_diffusion
+from .training import EMA, Recipe, _check_denoiser, diffusion_loss, ema_weights, fit, train_diffusion
 
 __all__ = [
     # schedules

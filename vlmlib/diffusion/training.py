@@ -199,3 +199,42 @@ def train_diffusion(config: DiffusionConfig, recipe: Recipe, device: str | torch
     ema_model.eval()
     history["steps_per_second"] = [len(history["loss"]) / seconds]
     return ema_model, model, history, seconds
+
+
+def fit(model: torch.nn.Module, batch, steps: int, lr: float, warmup: float, ema_decay: float,
+        generator: torch.Generator, min_snr_gamma: float = 0.0, desc: str = "training",
+        time_limit: float | None = None):
+    """The training loop of the conditioned denoisers of chapter 6 (text to image, unCLIP's decoder).
+
+    ``batch(step)`` returns ``(x0, condition)``; each step minimises :func:`diffusion_loss` with
+    AdamW (no weight decay), a warm-up and cosine learning rate, gradients clipped to norm 1, and an
+    :class:`EMA` of the weights. Returns ``(ema_state_dict, history, seconds)``.
+    """
+    from ..training import cosine_schedule
+
+    ema = EMA(model, ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warm = int(warmup * steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, warm))
+    history: dict[str, list[float]] = {"loss": []}
+    start = time.perf_counter()
+    model.train()
+    bar = progress(range(steps), desc=desc)
+    for step in bar:
+        x0, condition = batch(step)
+        loss = diffusion_loss(model, x0, condition, generator=generator, min_snr_gamma=min_snr_gamma)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at step {step}; try a lower learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update(model)
+        history["loss"].append(loss.item())
+        if step % 25 == 0 and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if time_limit is not None and time.perf_counter() - start > time_limit:
+            break
+    model.eval()
+    return ema.state_dict(), history, time.perf_counter() - start
