@@ -85,6 +85,8 @@ PLAIN_TEMPLATE = (
 
 #: Words the conversation template adds to ShapesWorld's vocabulary (new ids after the old ones).
 ROLE_WORDS = ("user", "assistant", ":")
+#: Words of chapter 8's questions that ShapesWorld's captions lack (:data:`vlmlib.instructions.EXTRA_WORDS`).
+QUESTION_WORDS = ("which", "closer")
 
 
 # -- the parts ----------------------------------------------------------------------------------------
@@ -358,9 +360,9 @@ def to_transformers(model: LlavaModel):
 def llava_tokenizer():
     """The ShapesWorld tokenizer with the conversation's words and :data:`CHAT_TEMPLATE`.
 
-    ``user``, ``assistant`` and ``:`` get new ids after the existing ones (the ids of every other
-    token are unchanged, so the text-only LM reads them as before; the three new rows of its
-    embedding table are untrained until stage 2). ``<image>`` keeps its id. Treat the returned
+    ``user``, ``assistant``, ``:`` and :data:`QUESTION_WORDS` get new ids after the existing ones
+    (the ids of every other token are unchanged, so the text-only LM reads them as before; the new
+    rows of its embedding table are untrained until stage 2). ``<image>`` keeps its id. Treat the returned
     tokenizer as read-only: it is shared.
     """
     from tokenizers import Tokenizer
@@ -369,7 +371,7 @@ def llava_tokenizer():
     base = shapes_tokenizer()
     spec = json.loads(base.backend_tokenizer.to_str())
     vocab = spec["model"]["vocab"]
-    for word in ROLE_WORDS:
+    for word in ROLE_WORDS + QUESTION_WORDS:
         vocab.setdefault(word, len(vocab))
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
                                   pad_token=base.pad_token, unk_token=base.unk_token, bos_token=base.bos_token,
