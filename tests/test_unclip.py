@@ -26,7 +26,7 @@ def test_slerp_walks_the_sphere_between_its_ends():
 
 
 def test_the_decoder_reads_an_embedding_and_checks_it(clip_model):
-    config = T2IConfig(encoder="clip", text_dim=64, pooled_dim=64, channels=(8, 16, 16), T=50)
+    config = T2IConfig(encoder="clip", text_dim=64, pooled_dim=64, channels=(8, 16, 16), image_size=16, T=50)
     model, history, _ = U.train_decoder(clip_model, config, U.DecoderRecipe(steps=2, batch_size=4, n_train=20))
     z = U.image_embeddings(clip_model, torch.rand(3, 3, 32, 32))
     out = U.decode(model, z, steps=3, generator=torch.Generator().manual_seed(0))

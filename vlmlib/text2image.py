@@ -204,10 +204,15 @@ class T2IConfig:
     encoder: str = "clip"
     text_dim: int = 64                   # the encoder's token states
     pooled_dim: int = 64                 # its pooled vector (0: not added to the timestep embedding)
-    image_size: int = 16                 # generated at 16×16, shown and judged at 32×32 (bicubic)
-    channels: tuple = (32, 64, 64)
+    image_size: int = 32                 # chapter 5's shipped denoiser's size: at 16×16 shapes came out as blobs
+    channels: tuple = (16, 32, 64, 64)
     cross_attention_dim: int = 64        # the token states are projected to this width first
     attention_head_dim: int = 8
+    attention_levels: int = 2            # how many of the lowest levels have cross-attention
+    # The pooled vector standardised per dimension (training captions' mean and std) before the UNet
+    # projects it: CLIP's unit-length embeddings differ by ~0.1 per dimension between prompts, and the
+    # LM's [EOS] state is one large common vector (norm 13) plus small differences.
+    standardize_pooled: bool = True
     norm_groups: int = 8
     schedule: str = "cosine"
     T: int = 1000
@@ -219,11 +224,18 @@ class T2IConfig:
         for name in ("text_dim", "image_size", "cross_attention_dim", "attention_head_dim", "norm_groups", "T"):
             setattr(self, name, checks.integer(getattr(self, name), f"T2IConfig.{name}", minimum=1))
         self.pooled_dim = checks.integer(self.pooled_dim, "T2IConfig.pooled_dim", minimum=0)
-        if len(self.channels) != 3 or any(c % self.norm_groups for c in self.channels):
-            raise ValueError(f"T2IConfig.channels must be three multiples of norm_groups={self.norm_groups}, "
+        if not isinstance(self.standardize_pooled, bool):
+            raise TypeError(f"T2IConfig.standardize_pooled must be True or False, got {self.standardize_pooled!r}")
+        if len(self.channels) < 2 or any(c % self.norm_groups for c in self.channels):
+            raise ValueError(f"T2IConfig.channels must be two or more multiples of norm_groups={self.norm_groups}, "
                              f"got {self.channels}")
-        if self.image_size % 4:
-            raise ValueError(f"T2IConfig.image_size must be divisible by 4, got {self.image_size}")
+        self.attention_levels = checks.integer(self.attention_levels, "T2IConfig.attention_levels", minimum=1)
+        if self.attention_levels > len(self.channels):
+            raise ValueError(f"T2IConfig.attention_levels must be at most the number of levels "
+                             f"({len(self.channels)}), got {self.attention_levels}")
+        if self.image_size % 2 ** (len(self.channels) - 1):
+            raise ValueError(f"T2IConfig.image_size must be divisible by 2^(levels − 1) = "
+                             f"{2 ** (len(self.channels) - 1)}, got {self.image_size}")
         self.schedule = checks.choice(self.schedule, "T2IConfig.schedule", D.SCHEDULES)
         self.prediction_type = checks.choice(self.prediction_type, "T2IConfig.prediction_type", D.PREDICTION_TYPES)
 
@@ -237,16 +249,19 @@ class T2IConfig:
 
 
 def build_cond_unet(config: T2IConfig, context_dim: int, pooled_dim: int):
-    """A ``UNet2DConditionModel``: plain blocks at full resolution, cross-attention below (and in the
-    middle block); ``context_dim``-wide states projected to ``cross_attention_dim``; a
-    ``pooled_dim`` vector projected and added to the timestep embedding (none if 0)."""
+    """A ``UNet2DConditionModel``: cross-attention at the ``config.attention_levels`` lowest levels
+    and in the middle block (attention at the full-resolution levels costs the most and is left out);
+    ``context_dim``-wide states projected to ``cross_attention_dim``; a ``pooled_dim`` vector
+    projected and added to the timestep embedding (none if 0)."""
     from diffusers import UNet2DConditionModel
 
+    levels = len(config.channels)
+    attn = ["CrossAttn" if i >= levels - config.attention_levels else "" for i in range(levels)]
     return UNet2DConditionModel(
         sample_size=config.image_size, in_channels=3, out_channels=3, layers_per_block=1,
         block_out_channels=config.channels,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=tuple(f"{a}DownBlock2D" for a in attn),
+        up_block_types=tuple(f"{a}UpBlock2D" for a in reversed(attn)),
         cross_attention_dim=config.cross_attention_dim, attention_head_dim=config.attention_head_dim,
         norm_num_groups=config.norm_groups,
         encoder_hid_dim=context_dim, encoder_hid_dim_type="text_proj",
@@ -264,6 +279,15 @@ class TextToImage(torch.nn.Module):
         self.config = config
         self.unet = build_cond_unet(config, config.text_dim, config.pooled_dim)
         self.schedule = config.make_schedule()
+        # set from the training captions by train_text2image (identity until then)
+        self.register_buffer("pooled_mean", torch.zeros(config.pooled_dim))
+        self.register_buffer("pooled_std", torch.ones(config.pooled_dim))
+
+    def pooled_input(self, pooled: torch.Tensor) -> torch.Tensor:
+        """What the UNet's class embedding receives: the pooled vector, standardised if configured."""
+        if not self.config.standardize_pooled:
+            return pooled
+        return (pooled - self.pooled_mean) / self.pooled_std
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, condition: TextCondition) -> torch.Tensor:
         c = self.config
@@ -276,7 +300,7 @@ class TextToImage(torch.nn.Module):
         t = D._check_t(t, len(x_t), c.T)
         return self.unet(x_t, t, encoder_hidden_states=condition.states,
                          encoder_attention_mask=condition.mask.float(),
-                         class_labels=condition.pooled if c.pooled_dim else None).sample
+                         class_labels=self.pooled_input(condition.pooled) if c.pooled_dim else None).sample
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -359,16 +383,18 @@ class T2IRecipe:
 
     steps: int = 2000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: float = 0.05
-    ema_decay: float = 0.998
+    ema_decay: float = 0.995
     n_train: int = 30_000
     two_shape_fraction: float = 0.4
     cond_dropout: float = 0.1            # the prompt is replaced by "" this often (for guidance)
-    # 0: the plain x₀ loss, every timestep weighted alike. With Min-SNR-5 (chapter 5's choice) the
-    # noisy steps, where a sample's layout is decided, weigh little: 3,000 steps learnt the colour
-    # a prompt asks for, but not the kind or the place.
-    min_snr_gamma: float = 0.0
+    # The x₀ error weighted by clamp(SNR_t, 1, 5). In development runs at 16×16, the plain x₀ loss
+    # (weight 1) learnt colour and place but drew every kind as a blob (the nearly clean steps, where
+    # edges are drawn, weigh little), and Min-SNR-5 alone (weight SNR on the noisy steps) learnt the
+    # colour but not the place. The floor keeps the noisy steps at the plain loss's weight.
+    min_snr_gamma: float = 5.0
+    snr_floor: float = 1.0
     seed: int = 0
     world_seed: int = 0
 
@@ -379,6 +405,9 @@ class T2IRecipe:
         for name in ("warmup", "two_shape_fraction", "cond_dropout"):
             setattr(self, name, checks.number(getattr(self, name), f"T2IRecipe.{name}", low=0.0, high=1.0))
         self.ema_decay = checks.number(self.ema_decay, "T2IRecipe.ema_decay", low=0.0, high=1.0, high_open=True)
+        self.min_snr_gamma = checks.number(self.min_snr_gamma, "T2IRecipe.min_snr_gamma", low=0.0)
+        self.snr_floor = checks.number(self.snr_floor, "T2IRecipe.snr_floor", low=0.0,
+                                       high=max(self.min_snr_gamma, 0.0))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -417,6 +446,9 @@ def train_text2image(config: T2IConfig, recipe: T2IRecipe, encoder: FrozenTextEn
     nulls = TextCondition(null.states.expand(recipe.batch_size, -1, -1), null.mask.expand(recipe.batch_size, -1),
                           null.pooled.expand(recipe.batch_size, -1))
     model = TextToImage(config).to(device)
+    if config.pooled_dim:
+        model.pooled_mean.copy_(cond.pooled.mean(0))
+        model.pooled_std.copy_(cond.pooled.std(0).clamp(min=1e-4))
     g = torch.Generator().manual_seed(recipe.seed)
 
     def batch(step: int):
@@ -425,7 +457,7 @@ def train_text2image(config: T2IConfig, recipe: T2IRecipe, encoder: FrozenTextEn
         return images[idx], cond[idx].where(keep, nulls)
 
     state, history, seconds = D.fit(model, batch, recipe.steps, recipe.lr, recipe.warmup, recipe.ema_decay, g,
-                                    recipe.min_snr_gamma, desc, time_limit)
+                                    recipe.min_snr_gamma, desc, time_limit, snr_floor=recipe.snr_floor)
     ema_model = TextToImage(config).to(device)
     ema_model.load_state_dict(state)
     return ema_model.eval(), history, seconds
@@ -535,7 +567,7 @@ class TextToImagePipeline:
     def save_pretrained(self, folder: Path | str, metrics: dict | None = None, history: dict | None = None,
                         recipe: T2IRecipe | None = None) -> Path:
         """Write ``unet/`` and ``scheduler/`` with ``save_pretrained`` (the UNet's weights in float16),
-        ``text_encoder/`` (CLIP's text tower, or the name and checksum of the shipped LM) and
+        ``pooled_stats.safetensors`` (the mean and std that standardise the pooled vector), ``text_encoder/`` (CLIP's text tower, or the name and checksum of the shipped LM) and
         ``record.json`` (config, recipe, metrics, history, every file's SHA-256)."""
         import copy
 
@@ -545,6 +577,9 @@ class TextToImagePipeline:
         folder.mkdir(parents=True, exist_ok=True)
         copy.deepcopy(self.unet.unet).to("cpu", torch.float16).save_pretrained(folder / "unet")
         self.scheduler.save_pretrained(folder / "scheduler")
+        if self.unet.config.pooled_dim:
+            save_file({"mean": self.unet.pooled_mean.detach().cpu().contiguous(),
+                       "std": self.unet.pooled_std.detach().cpu().contiguous()}, str(folder / "pooled_stats.safetensors"))
         te = folder / "text_encoder"
         te.mkdir(exist_ok=True)
         enc = self.text_encoder
@@ -589,6 +624,10 @@ class TextToImagePipeline:
         model = TextToImage(config)
         model.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32,
                                                           low_cpu_mem_usage=False)
+        if config.pooled_dim:
+            stats = load_file(str(folder / "pooled_stats.safetensors"))
+            model.pooled_mean.copy_(stats["mean"])
+            model.pooled_std.copy_(stats["std"])
         te = json.loads((folder / "text_encoder" / "config.json").read_text())
         if te["kind"] == "clip":
             from .clip import CLIPConfig
@@ -616,7 +655,7 @@ def shipped_folder(name: str) -> Path:
 #: The pipelines that ship with the package (``python -m tools.train_text2image --encoder ...``);
 #: ``t2i-lm-small`` has a smaller UNet (:data:`SMALL_CHANNELS`), for Imagen's encoder-against-UNet comparison.
 SHIPPED = ("t2i-clip", "t2i-lm", "t2i-lm-small")
-SMALL_CHANNELS = (16, 32, 32)
+SMALL_CHANNELS = (8, 16, 32, 32)
 
 
 # -- measuring --------------------------------------------------------------------------------------

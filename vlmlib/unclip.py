@@ -106,14 +106,15 @@ class Decoder(nn.Module):
 class DecoderRecipe:
     """How the decoder is trained (one-shape scenes of the ``train`` split)."""
 
-    steps: int = 1000
+    steps: int = 1500
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: float = 0.05
-    ema_decay: float = 0.998
+    ema_decay: float = 0.995
     n_train: int = 20_000
     cond_dropout: float = 0.1            # z_i zeroed this often (the paper: 10%)
-    min_snr_gamma: float = 0.0           # the plain x₀ loss, as text2image.T2IRecipe
+    min_snr_gamma: float = 5.0           # the x₀ error weighted by clamp(SNR, 1, 5), as text2image.T2IRecipe
+    snr_floor: float = 1.0
     seed: int = 0
     world_seed: int = 0
 
@@ -138,7 +139,7 @@ def train_decoder(clip_model, config: T2IConfig, recipe: DecoderRecipe, desc: st
         return images[idx], z
 
     state, history, seconds = D.fit(model, batch, recipe.steps, recipe.lr, recipe.warmup, recipe.ema_decay, g,
-                                    recipe.min_snr_gamma, desc)
+                                    recipe.min_snr_gamma, desc, snr_floor=recipe.snr_floor)
     ema_model = Decoder(config, z_all.shape[1])
     ema_model.load_state_dict(state)
     return ema_model.eval(), history, seconds

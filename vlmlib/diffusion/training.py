@@ -114,7 +114,8 @@ def _check_denoiser(model) -> None:
 
 
 def diffusion_loss(model: Denoiser, x0: torch.Tensor, labels=None,
-                   generator: torch.Generator | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+                   generator: torch.Generator | None = None, min_snr_gamma: float = 0.0,
+                   snr_floor: float = 0.0) -> torch.Tensor:
     """L_simple (DDPM Eq. 14) for the model's target, t uniform:
     ‖target − f_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t)‖².
 
@@ -123,12 +124,18 @@ def diffusion_loss(model: Denoiser, x0: torch.Tensor, labels=None,
 
     With ``min_snr_gamma`` = γ > 0 each example is weighted so that, measured as an error in x₀,
     its weight is min(SNR_t, γ) (Min-SNR-γ, Hang et al., 2023): ε-prediction's weight SNR_t, capped.
+    ``snr_floor`` > 0 also raises the weight of the noisiest steps to at least that: with 1 it is
+    the "truncated SNR" weighting max(SNR_t, 1) of Salimans & Ho (2022) below the cap, so the steps
+    that decide a sample's layout weigh as much as under the plain x₀ loss.
     In the model's own target the weights are min(SNR, γ) for x₀, min(SNR, γ)/SNR for ε and
     min(SNR, γ)/(SNR + 1) for v, as in ``diffusers``' ``train_text_to_image.py`` (``--snr_gamma``).
     """
     _check_denoiser(model)
     _check_images(x0, "x0")
     min_snr_gamma = checks.number(min_snr_gamma, "min_snr_gamma", low=0.0)
+    snr_floor = checks.number(snr_floor, "snr_floor", low=0.0)
+    if snr_floor > 0 and not 0 < snr_floor <= min_snr_gamma:
+        raise ValueError(f"snr_floor must lie in (0, min_snr_gamma = {min_snr_gamma}], got {snr_floor}")
     sched = model.schedule
     t = torch.randint(0, sched.T, (len(x0),), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -138,7 +145,7 @@ def diffusion_loss(model: Denoiser, x0: torch.Tensor, labels=None,
     err = (model(x_t, t, labels) - target).pow(2).mean(dim=(1, 2, 3))           # (B,)
     if min_snr_gamma > 0:
         snr = sched.snr().to(x0.device)[t]
-        capped = snr.clamp(max=min_snr_gamma)
+        capped = snr.clamp(min=snr_floor, max=min_snr_gamma)
         # the x₀ error is the ε error / SNR and the v error / (SNR + 1): rescale to min(SNR, γ)
         err = err * {"sample": capped, "epsilon": capped / snr, "v_prediction": capped / (snr + 1)}[pred]
     return err.mean()
@@ -203,7 +210,7 @@ def train_diffusion(config: DiffusionConfig, recipe: Recipe, device: str | torch
 
 def fit(model: torch.nn.Module, batch, steps: int, lr: float, warmup: float, ema_decay: float,
         generator: torch.Generator, min_snr_gamma: float = 0.0, desc: str = "training",
-        time_limit: float | None = None):
+        time_limit: float | None = None, snr_floor: float = 0.0):
     """The training loop of the conditioned denoisers of chapter 6 (text to image, unCLIP's decoder).
 
     ``batch(step)`` returns ``(x0, condition)``; each step minimises :func:`diffusion_loss` with
@@ -222,7 +229,8 @@ def fit(model: torch.nn.Module, batch, steps: int, lr: float, warmup: float, ema
     bar = progress(range(steps), desc=desc)
     for step in bar:
         x0, condition = batch(step)
-        loss = diffusion_loss(model, x0, condition, generator=generator, min_snr_gamma=min_snr_gamma)
+        loss = diffusion_loss(model, x0, condition, generator=generator, min_snr_gamma=min_snr_gamma,
+                              snr_floor=snr_floor)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {step}; try a lower learning rate")
         opt.zero_grad(set_to_none=True)
