@@ -1,0 +1,71 @@
+"""Chapter 8's training stages and answer measurement, on tiny random models (fast)."""
+
+import pytest
+import torch
+
+from test_llava import IMAGE_ID, _snapshot, _same, _tiny_clip, _tiny_lm
+from vlmlib import llava_training as LT
+from vlmlib.instructions import QUESTION_TYPES
+from vlmlib.llava import LlavaModel
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(1)
+    return LlavaModel(_tiny_clip(), _tiny_lm(), IMAGE_ID, projector="linear")
+
+
+def test_data_has_one_conversation_per_image_and_every_type():
+    images, convs, items, shapes = LT.instruction_data(400, seed=3)
+    assert len(images) == len(convs) == len(items) == len(shapes) and images.shape[1:] == (3, 32, 32)
+    assert {i.type for i in items} == set(QUESTION_TYPES)
+    images, convs, items, _ = LT.instruction_data(50, seed=3, types=["count"])
+    assert {i.type for i in items} == {"count"}
+    images, convs, _ = LT.caption_data(8, seed=1)
+    assert len(images) == len(convs) == 8
+    with pytest.raises(ValueError, match="types"):
+        LT.instruction_data(5, types=["colours"])
+
+
+def test_stage_1_moves_only_the_projector_and_stage_2_never_the_vision_tower(model):
+    images, convs, _ = LT.caption_data(16, seed=1)
+    before = {name: _snapshot(getattr(model, name)) for name in ("vision_tower", "language_model", "projector")}
+    history, _ = LT.train_stage(model, LT.StageRecipe(stage=1, steps=2, batch_size=4), images, convs)
+    assert len(history["loss"]) == 2
+    assert _same(before["vision_tower"], model.vision_tower) and _same(before["language_model"], model.language_model)
+    assert not _same(before["projector"], model.projector)
+    images, convs, items, _ = LT.instruction_data(16, seed=2)
+    before = {name: _snapshot(getattr(model, name)) for name in ("vision_tower", "language_model", "projector")}
+    LT.train_stage(model, LT.StageRecipe(stage=2, steps=2, batch_size=4), images, convs)
+    assert _same(before["vision_tower"], model.vision_tower)
+    assert not _same(before["language_model"], model.language_model) and not _same(before["projector"], model.projector)
+
+
+def test_the_blind_model_trains_and_answers_without_images(model):
+    images, convs, items, _ = LT.instruction_data(12, seed=2)
+    LT.train_stage(model, LT.StageRecipe(stage=2, steps=1, batch_size=4), images, convs, blind=True)
+    acc = LT.accuracy_by_type(model, None, items, max_new_tokens=4)
+    assert set(acc) <= set(QUESTION_TYPES) | {"all"} and all(0 <= v <= 1 for v in acc.values())
+    seen = LT.accuracy_by_type(model, images, items, max_new_tokens=4)
+    assert 0 <= seen["all"] <= 1
+    assert len(LT.answers(model, images[:3], [i.question for i in items[:3]], max_new_tokens=3)) == 3
+
+
+def test_accuracy_counts_exact_answers(model, monkeypatch):
+    _, _, items, _ = LT.instruction_data(30, seed=4)
+    monkeypatch.setattr(LT, "answers", lambda m, im, qs, n: [i.answer for i in items])
+    assert LT.accuracy_by_type(model, None, items)["all"] == 1.0
+    monkeypatch.setattr(LT, "answers", lambda m, im, qs, n: ["no idea"] * len(items))
+    assert LT.accuracy_by_type(model, None, items)["all"] == 0.0
+
+
+def test_bad_arguments_are_clear_errors(model):
+    images, convs, items, _ = LT.instruction_data(4, seed=2)
+    with pytest.raises(ValueError, match="StageRecipe.stage"):
+        LT.StageRecipe(stage=3)
+    with pytest.raises(ValueError, match="one image per conversation"):
+        LT.train_stage(model, LT.StageRecipe(steps=1), images[:2], convs)
+    with pytest.raises(TypeError, match="Instructions"):
+        LT.accuracy_by_type(model, images, ["what colour is the circle?"])
+    with pytest.raises(ValueError, match="one image per question"):
+        LT.answers(model, images[:1], ["a", "b"])

@@ -1,0 +1,179 @@
+"""Training and measuring chapter 8's LLaVA: the two stages, answers per question type, the blind LM.
+
+Stage 1 (*feature alignment*) shows the model an image and its caption in LLaVA-1.5's plain format
+(:data:`vlmlib.llava.PLAIN_TEMPLATE`) and trains only the projector; stage 2 (*end to end*) shows it
+one question about the image in the chat template and trains the projector and the language model
+(:func:`vlmlib.llava.freeze_for_stage` decides which parameters move). The loss is the language
+model's next-token loss on the answer only. :func:`accuracy_by_type` asks held-out questions with
+greedy decoding and counts exact answers per question type; ``blind=True`` everywhere means no image
+at all (the prompt has no ``<image>`` tokens): the baseline that can only guess from the text.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import checks
+from .instructions import QUESTION_TYPES, Instruction, instructions
+from .llava import LlavaModel, apply_template, conversation, freeze_for_stage, llava_tokenizer
+from .shapesworld import ShapesWorld, caption
+
+
+@dataclass
+class StageRecipe:
+    """How one training stage runs."""
+
+    stage: int = 2
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: float = 0.03                 # LLaVA's warm-up ratio
+    weight_decay: float = 0.0            # LLaVA trains without weight decay
+    seed: int = 0
+
+    def __post_init__(self):
+        self.stage = checks.choice(self.stage, "StageRecipe.stage", (1, 2))
+        for name in ("steps", "batch_size"):
+            setattr(self, name, checks.integer(getattr(self, name), f"StageRecipe.{name}", minimum=1))
+        self.lr = checks.number(self.lr, "StageRecipe.lr", low=0.0, low_open=True)
+        self.warmup = checks.number(self.warmup, "StageRecipe.warmup", low=0.0, high=1.0, high_open=True)
+        self.weight_decay = checks.number(self.weight_decay, "StageRecipe.weight_decay", low=0.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _scenes(n: int, split: str, seed: int, world_seed: int, max_shapes: int):
+    n = checks.integer(n, "n", minimum=1)
+    world = ShapesWorld(max_shapes=checks.integer(max_shapes, "max_shapes", minimum=1), seed=world_seed)
+    data = world.sample(n, split=checks.choice(split, "split", ("train", "test", "holdout")), seed=seed,
+                        captions=None)
+    return data.tensor(), data.shapes
+
+
+def caption_data(n: int, split: str = "train", seed: int = 0, world_seed: int = 0, max_shapes: int = 3):
+    """Stage 1's data: ``(images (n, 3, 32, 32), conversations, shapes)``, each conversation an image
+    and its full caption (LLaVA's stage 1 used a caption for each of 558k images)."""
+    images, shapes = _scenes(n, split, seed, world_seed, max_shapes)
+    return images, [conversation("", caption(s, "full")) for s in shapes], shapes
+
+
+def instruction_data(n: int, split: str = "train", seed: int = 0, world_seed: int = 0, max_shapes: int = 3,
+                     types: Sequence[str] | None = None):
+    """Stage 2's data: ``(images, conversations, items, shapes)``, one question per image.
+
+    Each image's question type is drawn uniformly from the types its scene can answer (all of
+    :data:`~vlmlib.instructions.QUESTION_TYPES`, or only ``types``), so rare types are not drowned
+    out; ``items`` are the :class:`~vlmlib.instructions.Instruction` objects asked.
+    """
+    allowed = QUESTION_TYPES if types is None else tuple(checks.choice(t, "types", QUESTION_TYPES) for t in types)
+    images, shapes = _scenes(n, split, seed, world_seed, max_shapes)
+    rng = np.random.default_rng([seed, 8])
+    items, keep = [], []
+    for i, sc in enumerate(shapes):
+        options = [it for it in instructions(sc, rng) if it.type in allowed]
+        if options:
+            items.append(options[int(rng.integers(len(options)))])
+            keep.append(i)
+    if not keep:
+        raise ValueError(f"no scene could answer a question of the types {allowed}")
+    convs = [conversation(it.question, it.answer) for it in items]
+    return images[keep], convs, items, [shapes[i] for i in keep]
+
+
+def _blind(conversations):
+    """The same conversations without their images (the blind model's prompts)."""
+    out = []
+    for conv in conversations:
+        out.append([{**m, "content": [c for c in m["content"] if c.get("type") != "image"]}
+                    if isinstance(m["content"], list) else m for m in conv])
+    return out
+
+
+def train_stage(model: LlavaModel, recipe: StageRecipe, images: torch.Tensor, conversations: list,
+                blind: bool = False, desc: str | None = None):
+    """Train one stage; return ``(history, seconds)``. Stage 1 uses the plain format, stage 2 the chat
+    template. ``blind=True`` trains on the conversations without their images."""
+    if not isinstance(model, LlavaModel):
+        raise TypeError(f"model must be a LlavaModel, got {type(model).__name__}")
+    if not isinstance(recipe, StageRecipe):
+        raise TypeError(f"recipe must be a StageRecipe, got {type(recipe).__name__}")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) != len(conversations):
+        raise ValueError(f"images must be a tensor (N, 3, H, W) with one image per conversation "
+                         f"({len(conversations)}), got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    from .training import train
+
+    freeze_for_stage(model, recipe.stage)
+    convs = _blind(conversations) if blind else conversations
+    batch = apply_template(convs, model.n_patches, plain=recipe.stage == 1 and not blind)
+    device = next(model.projector.parameters()).device
+    ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+    images = images.to(device)
+    g = torch.Generator().manual_seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    start = time.perf_counter()
+
+    def loss_fn(step: int):
+        idx = torch.randint(len(ids), (recipe.batch_size,), generator=g).to(device)
+        width = int(mask[idx].sum(1).max())             # right padding: drop columns of padding only
+        return model(None if blind else images[idx], ids[idx, :width], mask[idx, :width],
+                     labels=labels[idx, :width]).loss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    history = train(model, loss_fn, recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                    warmup=recipe.warmup, params=params,
+                    desc=desc or f"stage {recipe.stage}" + (" (blind)" if blind else ""))
+    return history, time.perf_counter() - start
+
+
+@torch.no_grad()
+def answers(model: LlavaModel, images: torch.Tensor | None, questions: Sequence[str], max_new_tokens: int = 24,
+            batch_size: int = 128, do_sample: bool = False, seed: int | None = None) -> list[str]:
+    """The model's answer to each question about its image (greedy unless ``do_sample``), as text.
+
+    ``images=None`` asks the blind model (no ``<image>`` in the prompt).
+    """
+    if not isinstance(model, LlavaModel):
+        raise TypeError(f"model must be a LlavaModel, got {type(model).__name__}")
+    questions = checks.text_list(questions, "questions")
+    if images is not None and (not isinstance(images, torch.Tensor) or len(images) != len(questions)):
+        raise ValueError(f"images must be a tensor with one image per question ({len(questions)}), or None")
+    batch_size = checks.integer(batch_size, "batch_size", minimum=1)
+    tok = llava_tokenizer()
+    model.eval()
+    device = next(model.projector.parameters()).device
+    out: list[str] = []
+    for i in range(0, len(questions), batch_size):
+        qs = questions[i:i + batch_size]
+        convs = [conversation(q, images=0 if images is None else 1) for q in qs]
+        batch = apply_template(convs, model.n_patches, add_generation_prompt=True, padding_side="left")
+        new = model.generate(None if images is None else images[i:i + batch_size].to(device),
+                             batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                             max_new_tokens=max_new_tokens, do_sample=do_sample,
+                             seed=None if seed is None else seed + i)
+        out += [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+    return out
+
+
+def accuracy_by_type(model: LlavaModel, images: torch.Tensor | None, items: Sequence[Instruction],
+                     max_new_tokens: int = 24) -> dict[str, float]:
+    """Exact-answer accuracy per question type (types absent from ``items`` are left out) and ``"all"``.
+
+    An answer is right when its words equal the reference's (``"the blue square"``, ``"yes"``, a full
+    description with every shape in order). ``images=None`` measures the blind model.
+    """
+    items = list(items)
+    if not items or not all(isinstance(i, Instruction) for i in items):
+        raise TypeError("items must be a non-empty list of Instructions (instruction_data's third output)")
+    said = answers(model, images, [i.question for i in items], max_new_tokens)
+    right = [s.split() == i.answer.replace("?", " ?").split() for s, i in zip(said, items)]
+    out = {t: float(np.mean([r for r, i in zip(right, items) if i.type == t]))
+           for t in QUESTION_TYPES if any(i.type == t for i in items)}
+    out["all"] = float(np.mean(right))
+    return out
