@@ -69,3 +69,18 @@ def test_bad_arguments_are_clear_errors(model):
         LT.accuracy_by_type(model, images, ["what colour is the circle?"])
     with pytest.raises(ValueError, match="one image per question"):
         LT.answers(model, images[:1], ["a", "b"])
+
+
+def test_dpo_raises_the_chosen_answer_against_the_reference(model):
+    import copy
+
+    images, prompts, chosen, rejected, shapes = LT.preference_data(8, seed=6)
+    assert all(c != r for c, r in zip(chosen, rejected))
+    reference = copy.deepcopy(model)
+    history, _ = LT.train_dpo(model, reference, images, prompts, chosen, rejected, steps=6, batch_size=4,
+                              lr=3e-3, beta=0.5)
+    assert history["margin"][0] == pytest.approx(0.0, abs=1e-5)       # the model starts as the reference
+    assert history["margin"][-1] > 0 and history["loss"][-1] < history["loss"][0]
+    assert _same(_snapshot(reference.language_model), reference.language_model)
+    with pytest.raises(ValueError, match="one entry per pair"):
+        LT.train_dpo(model, reference, images, prompts[:2], chosen, rejected)

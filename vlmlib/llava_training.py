@@ -177,3 +177,66 @@ def accuracy_by_type(model: LlavaModel, images: torch.Tensor | None, items: Sequ
            for t in QUESTION_TYPES if any(i.type == t for i in items)}
     out["all"] = float(np.mean(right))
     return out
+
+
+def preference_data(n: int, split: str = "train", seed: int = 0, world_seed: int = 0, max_shapes: int = 3):
+    """DPO's pairs: ``(images, prompts, chosen, rejected, shapes)`` for the describe question, the
+    faithful description chosen and one with a hallucinated shape rejected
+    (:func:`vlmlib.instructions.corrupt_description`)."""
+    from .instructions import DESCRIBE, corrupt_description
+
+    images, shapes = _scenes(n, split, seed, world_seed, max_shapes)
+    rng = np.random.default_rng([seed, 9])
+    chosen = [caption(s, "full") for s in shapes]
+    rejected = [corrupt_description(s, rng) for s in shapes]
+    return images, [DESCRIBE] * len(shapes), chosen, rejected, shapes
+
+
+def train_dpo(model: LlavaModel, reference: LlavaModel, images: torch.Tensor, prompts: Sequence[str],
+              chosen: Sequence[str], rejected: Sequence[str], steps: int = 200, batch_size: int = 16,
+              lr: float = 1e-4, beta: float = 0.1, seed: int = 0, desc: str = "DPO"):
+    """Tune ``model`` with DPO against the frozen ``reference`` (a copy of the model before tuning);
+    the projector and the LM train, as in stage 2. Returns ``(history, seconds)``; the history holds
+    the loss and the reward margin β·[(log π/π_ref)(chosen) − (log π/π_ref)(rejected)]."""
+    from .llava import dpo_loss, sequence_logps
+    from .training import train
+
+    for name, m in (("model", model), ("reference", reference)):
+        if not isinstance(m, LlavaModel):
+            raise TypeError(f"{name} must be a LlavaModel, got {type(m).__name__}")
+    prompts, chosen, rejected = (checks.text_list(x, name) for x, name in
+                                 ((prompts, "prompts"), (chosen, "chosen"), (rejected, "rejected")))
+    if not (len(prompts) == len(chosen) == len(rejected) == len(images)):
+        raise ValueError("images, prompts, chosen and rejected must have one entry per pair")
+    beta = checks.number(beta, "beta", low=0.0, low_open=True)
+    freeze_for_stage(model, 2)
+    reference.eval().requires_grad_(False)
+    device = next(model.projector.parameters()).device
+    both = apply_template([conversation(p, a) for p, a in zip(prompts, chosen)]
+                          + [conversation(p, a) for p, a in zip(prompts, rejected)], model.n_patches)
+    ids, mask, labels = (both[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+    n = len(prompts)
+    images = images.to(device)
+    with torch.no_grad():                       # the reference's log-probabilities never change
+        ref = torch.zeros(2, n, device=device)
+        for i in range(0, n, 64):
+            rows = torch.cat([torch.arange(i, min(i + 64, n)), torch.arange(n + i, n + min(i + 64, n))]).to(device)
+            out = reference(torch.cat([images[i:i + 64]] * 2), ids[rows], mask[rows]).logits
+            ref[:, i:i + 64] = sequence_logps(out, labels[rows]).view(2, -1)      # chosen, rejected
+    g = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+
+    def loss_fn(step: int):
+        idx = torch.randint(n, (batch_size,), generator=g).to(device)
+        rows = torch.cat([idx, idx + n])
+        width = int(mask[rows].sum(1).max())
+        logits = model(torch.cat([images[idx]] * 2), ids[rows, :width], mask[rows, :width]).logits
+        pol = sequence_logps(logits, labels[rows, :width]).view(2, -1)
+        loss = dpo_loss(pol[0], pol[1], ref[0, idx], ref[1, idx], beta)
+        margin = beta * ((pol[0] - ref[0, idx]) - (pol[1] - ref[1, idx])).mean()
+        return loss, {"margin": margin.item()}
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    history = train(model, loss_fn, checks.integer(steps, "steps", minimum=1), lr=lr, weight_decay=0.0,
+                    warmup=0.05, params=params, desc=desc)
+    return history, time.perf_counter() - start
