@@ -82,6 +82,17 @@ def test_the_pooled_vector_is_standardised_by_the_training_captions_statistics(t
         T.T2IConfig(attention_levels=5)
 
 
+def test_training_can_continue_from_a_model(tiny, clip_encoder):
+    model, _ = tiny
+    recipe = T.T2IRecipe(steps=1, batch_size=4, n_train=40, lr=1e-12)
+    again, _, _ = T.train_text2image(model.config, recipe, clip_encoder, init=model)
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k               # a step of 1e-12 leaves it where it was
+    other = T.T2IConfig(**{**model.config.to_dict(), "channels": (8, 16, 8)})
+    with pytest.raises(ValueError, match="same config"):
+        T.train_text2image(other, recipe, clip_encoder, init=model)
+
+
 def test_sampling_is_reproducible_and_checks_its_arguments(tiny, clip_encoder):
     model, _ = tiny
     kw = dict(steps=3, show_progress=False)

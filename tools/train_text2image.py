@@ -32,6 +32,10 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="re-measure the stored model's scores")
     parser.add_argument("--sweep", default=None, help="guidance scales, e.g. 1,2,3,5 (default: the full sweep)")
     parser.add_argument("--no-thresholding", action="store_true", help="skip static/dynamic at high w")
+    parser.add_argument("--resume", default=None, help="a saved pipeline to continue training from")
+    parser.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    parser.add_argument("--time-limit", type=float, default=None, help="stop (and save) after this many seconds")
+    parser.add_argument("--no-score", action="store_true", help="train and save only")
     args = parser.parse_args()
     torch.set_num_threads(1)                 # the same arithmetic on every machine, and a shared CPU stays usable
     folder = args.out or T.shipped_folder(f"t2i-{args.encoder}" + ("-small" if args.small else ""))
@@ -39,12 +43,26 @@ def main() -> None:
         encoder = T.load_text_encoder(args.encoder)
         config = T.T2IConfig(encoder=args.encoder, text_dim=encoder.dim, pooled_dim=encoder.pooled_dim,
                              **({"channels": T.SMALL_CHANNELS} if args.small else {}))
-        recipe = T.T2IRecipe() if args.steps is None else T.T2IRecipe(steps=args.steps)
-        model, history, seconds = T.train_text2image(config, recipe, encoder)
+        overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+        recipe = T.T2IRecipe(**overrides)
+        init, before = None, None
+        if args.resume:
+            before = T.TextToImagePipeline.from_pretrained(args.resume)
+            init, config = before.unet, before.unet.config
+        model, history, seconds = T.train_text2image(config, recipe, encoder, init=init,
+                                                     time_limit=args.time_limit)
         pipe = T.TextToImagePipeline(model, encoder)
-        pipe.save_pretrained(folder, metrics={"train_seconds": seconds}, history={"loss": history["loss"]},
-                             recipe=recipe)
-        print(f"trained in {seconds:.0f} s, saved to {folder}")
+        loss = history["loss"]
+        if before is not None:          # one record for the whole run: earlier parts first
+            pipe.record["parts"] = before.record.get("parts", []) + [
+                {"recipe": before.record.get("recipe"), "steps": len(before.record.get("history", {}).get("loss", [])),
+                 "train_seconds": before.record.get("metrics", {}).get("train_seconds")}]
+            loss = before.record.get("history", {}).get("loss", []) + loss
+            seconds += before.record.get("metrics", {}).get("train_seconds") or 0.0
+        pipe.save_pretrained(folder, metrics={"train_seconds": seconds}, history={"loss": loss}, recipe=recipe)
+        print(f"trained {len(history['loss'])} steps in {seconds:.0f} s (all parts), saved to {folder}")
+        if args.no_score:
+            return
     pipe = T.TextToImagePipeline.from_pretrained(folder)
     sweep = T.GUIDANCE_SWEEP if args.sweep is None else tuple(float(w) for w in args.sweep.split(","))
     scores = T.benchmark(pipe, sweep=sweep, thresholding=not args.no_thresholding, clip_model=clip_for_scores())

@@ -427,12 +427,14 @@ def training_set(recipe: T2IRecipe, encoder: FrozenTextEncoder, image_size: int 
 
 def train_text2image(config: T2IConfig, recipe: T2IRecipe, encoder: FrozenTextEncoder,
                      device: str | torch.device = "cpu", desc: str = "training text to image",
-                     data=None, time_limit: float | None = None):
+                     data=None, time_limit: float | None = None, init: "TextToImage | None" = None):
     """Train with classifier-free guidance's condition dropout; return ``(EMA model, history, seconds)``.
 
     Each step: a batch of (image, caption) pairs, the caption replaced by the empty prompt "" with
     probability ``recipe.cond_dropout``, chapter 5's loss (:func:`vlmlib.diffusion.diffusion_loss`).
-    ``data`` is :func:`training_set`'s output (computed if not given).
+    ``data`` is :func:`training_set`'s output (computed if not given). ``init`` (a model of the same
+    config) is where training starts: a longer run made in parts, each with its own learning-rate
+    schedule.
     """
     if not isinstance(config, T2IConfig) or not isinstance(recipe, T2IRecipe):
         raise TypeError("train_text2image needs a T2IConfig and a T2IRecipe")
@@ -446,6 +448,10 @@ def train_text2image(config: T2IConfig, recipe: T2IRecipe, encoder: FrozenTextEn
     nulls = TextCondition(null.states.expand(recipe.batch_size, -1, -1), null.mask.expand(recipe.batch_size, -1),
                           null.pooled.expand(recipe.batch_size, -1))
     model = TextToImage(config).to(device)
+    if init is not None:
+        if not isinstance(init, TextToImage) or init.config.to_dict() != config.to_dict():
+            raise ValueError("init must be a TextToImage of the same config")
+        model.load_state_dict(init.state_dict())
     if config.pooled_dim:
         model.pooled_mean.copy_(cond.pooled.mean(0))
         model.pooled_std.copy_(cond.pooled.std(0).clamp(min=1e-4))
