@@ -155,10 +155,9 @@ def train_diffusion(config: DiffusionConfig, recipe: Recipe, device: str | torch
                     time_limit: float | None = None, desc: str = "training the denoiser"):
     """Train a denoiser on ShapesWorld; return ``(model with EMA weights, raw model, history, seconds)``.
 
-    ``time_limit`` (seconds) stops early, keeping the learning-rate schedule of ``recipe.steps``.
+    Each step draws a batch of scenes (labels dropped to "no label" with ``recipe.label_dropout``)
+    for :func:`fit`. ``time_limit`` (seconds) stops early, keeping the schedule of ``recipe.steps``.
     """
-    from ..training import cosine_schedule
-
     if not isinstance(config, DiffusionConfig) or not isinstance(recipe, Recipe):
         raise TypeError("train_diffusion needs a DiffusionConfig and a Recipe")
     torch.manual_seed(recipe.seed)
@@ -168,41 +167,21 @@ def train_diffusion(config: DiffusionConfig, recipe: Recipe, device: str | torch
     labels = torch.from_numpy(data.labels["colour"] * len(KINDS) + data.labels["kind"]).to(device)
     model = Denoiser(config).to(device)
     model.schedule = model.schedule.to("cpu")
-    ema = EMA(model, recipe.ema_decay, recipe.ema_warmup)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    warm = int(recipe.warmup * recipe.steps)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, recipe.steps, warm))
     g = torch.Generator().manual_seed(recipe.seed)
-    history: dict[str, list[float]] = {"loss": []}
-    start = time.perf_counter()
-    model.train()
-    bar = progress(range(recipe.steps), desc=desc)
-    for step in bar:
+
+    def batch(step: int):
         idx = torch.randint(0, len(images), (recipe.batch_size,), generator=g).to(device)
-        x0 = images[idx]
-        y = None
-        if config.num_classes:
-            y = labels[idx].clone()
-            drop = torch.rand(len(y), generator=g).to(device) < recipe.label_dropout
-            y[drop] = config.num_classes
-        loss = diffusion_loss(model, x0, y, generator=g, min_snr_gamma=recipe.min_snr_gamma)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step}; try a lower learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        lr_sched.step()
-        ema.update(model)
-        history["loss"].append(loss.item())
-        if step % 25 == 0 and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if time_limit is not None and time.perf_counter() - start > time_limit:
-            break
-    seconds = time.perf_counter() - start
-    model.eval()
+        if not config.num_classes:
+            return images[idx], None
+        y = labels[idx].clone()
+        y[torch.rand(len(y), generator=g).to(device) < recipe.label_dropout] = config.num_classes
+        return images[idx], y
+
+    state, history, seconds = fit(model, batch, recipe.steps, recipe.lr, recipe.warmup, recipe.ema_decay, g,
+                                  recipe.min_snr_gamma, desc, time_limit, weight_decay=recipe.weight_decay,
+                                  ema_warmup=recipe.ema_warmup)
     ema_model = Denoiser(config).to(device)
-    ema_model.load_state_dict(ema.state_dict())
+    ema_model.load_state_dict(state)
     ema_model.eval()
     history["steps_per_second"] = [len(history["loss"]) / seconds]
     return ema_model, model, history, seconds
@@ -210,17 +189,18 @@ def train_diffusion(config: DiffusionConfig, recipe: Recipe, device: str | torch
 
 def fit(model: torch.nn.Module, batch, steps: int, lr: float, warmup: float, ema_decay: float,
         generator: torch.Generator, min_snr_gamma: float = 0.0, desc: str = "training",
-        time_limit: float | None = None, snr_floor: float = 0.0):
-    """The training loop of the conditioned denoisers of chapter 6 (text to image, unCLIP's decoder).
+        time_limit: float | None = None, snr_floor: float = 0.0, weight_decay: float = 0.0,
+        ema_warmup: bool = True):
+    """The training loop of every denoiser (chapter 5's, chapter 6's text to image, unCLIP's decoder).
 
     ``batch(step)`` returns ``(x0, condition)``; each step minimises :func:`diffusion_loss` with
-    AdamW (no weight decay), a warm-up and cosine learning rate, gradients clipped to norm 1, and an
-    :class:`EMA` of the weights. Returns ``(ema_state_dict, history, seconds)``.
+    AdamW, a warm-up and cosine learning rate, gradients clipped to norm 1, and an :class:`EMA` of
+    the weights. Returns ``(ema_state_dict, history, seconds)``.
     """
     from ..training import cosine_schedule
 
-    ema = EMA(model, ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    ema = EMA(model, ema_decay, ema_warmup)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warm = int(warmup * steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, warm))
     history: dict[str, list[float]] = {"loss": []}
