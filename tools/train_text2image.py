@@ -40,15 +40,16 @@ def main() -> None:
     torch.set_num_threads(1)                 # the same arithmetic on every machine, and a shared CPU stays usable
     folder = args.out or T.shipped_folder(f"t2i-{args.encoder}" + ("-small" if args.small else ""))
     if not args.rescore:
-        encoder = T.load_text_encoder(args.encoder)
-        config = T.T2IConfig(encoder=args.encoder, text_dim=encoder.dim, pooled_dim=encoder.pooled_dim,
-                             **({"channels": T.SMALL_CHANNELS} if args.small else {}))
         overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
         recipe = T.T2IRecipe(**overrides)
-        init, before = None, None
-        if args.resume:
+        if args.resume:                     # the saved run's model, config and encoder
             before = T.TextToImagePipeline.from_pretrained(args.resume)
-            init, config = before.unet, before.unet.config
+            init, config, encoder = before.unet, before.unet.config, before.text_encoder
+        else:
+            before = init = None
+            encoder = T.load_text_encoder(args.encoder)
+            config = T.T2IConfig(encoder=args.encoder, text_dim=encoder.dim, pooled_dim=encoder.pooled_dim,
+                                 **({"channels": T.SMALL_CHANNELS} if args.small else {}))
         model, history, seconds = T.train_text2image(config, recipe, encoder, init=init,
                                                      time_limit=args.time_limit)
         pipe = T.TextToImagePipeline(model, encoder)
