@@ -179,6 +179,41 @@ def test_faithful_two_shapes():
     assert S.faithful(scene, {"shapes": [("red", None), (None, "square")], "relation": "to the left of"})
 
 
+def test_two_shape_outcomes_name_each_way_to_fail():
+    spec = {"shapes": [("red", "circle"), ("blue", "square")], "relation": "to the left of"}
+    scene = [RED_CIRCLE_LEFT, BLUE_SQUARE_RIGHT]
+    out = S.two_shape_outcome
+    assert out(scene, spec) == "fully right" and out(scene[::-1], spec) == "fully right"
+    assert out(scene, {**spec, "relation": "above"}) == "relation wrong"
+    swapped = [shape("blue", "circle", "left"), shape("red", "square", "top right")]
+    assert out(swapped, spec) == "attributes swapped"
+    assert out([shape("red", "square", "left"), shape("blue", "circle", "top right")], spec) == "attributes swapped"
+    assert out([shape("red", "circle", "left"), shape("red", "square", "top right")], spec) == "a colour or kind wrong"
+    assert out([shape("green", "circle", "left"), shape("blue", "square", "top right")], spec) == "a colour or kind wrong"
+    assert out([], spec) == "no shape" and out([RED_CIRCLE_LEFT], spec) == "one shape"
+    assert out(scene + [shape("cyan", "cross", "bottom")], spec) == "three or more"
+    # open attributes match anything
+    open_spec = {"shapes": [("red", None), (None, "square")], "relation": "to the left of"}
+    assert out(scene, open_spec) == "fully right"
+    assert out([shape("red", "circle", "top right"), shape("blue", "square", "left")], open_spec) == "relation wrong"
+    assert set(S.TWO_SHAPE_OUTCOMES) >= {out(sc, spec) for sc in ([], [RED_CIRCLE_LEFT], scene, swapped)}
+    with pytest.raises(ValueError, match="two-shape spec"):
+        out(scene, {"colour": "red"})
+
+
+def test_two_shape_outcomes_of_real_scenes_are_right(model, real):
+    data = real["test"]
+    two = [i for i, s in enumerate(data.shapes) if len(s) == 2][:40]
+    specs = [{"shapes": [(data.shapes[i][0].colour, data.shapes[i][0].kind),
+                         (data.shapes[i][1].colour, data.shapes[i][1].kind)],
+              "relation": S.relations(*data.shapes[i])[0]} for i in two]
+    shares = S.two_shape_outcomes(model, data.tensor()[two], specs)
+    assert list(shares) == list(S.TWO_SHAPE_OUTCOMES)
+    assert abs(sum(shares.values()) - 1) < 1e-9 and shares["fully right"] >= 0.95
+    with pytest.raises(ValueError, match="one per image"):
+        S.two_shape_outcomes(model, data.tensor()[two], specs[:-1])
+
+
 def test_read_scene_dicts_work_as_scenes():
     scene = [{"position": "bottom", "colour": "green", "kind": "triangle", "size": "large"},
              {"position": "top", "colour": "yellow", "kind": "cross", "size": "small"}]

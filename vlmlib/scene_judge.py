@@ -603,6 +603,59 @@ def score_prompts(model: SceneJudge | None, images: Any, specs: Sequence[Any]) -
     return out
 
 
+#: How a two-shape sample can go, from worst to right (:func:`two_shape_outcome`).
+TWO_SHAPE_OUTCOMES = ("no shape", "one shape", "three or more", "a colour or kind wrong",
+                      "attributes swapped", "relation wrong", "fully right")
+
+
+def two_shape_outcome(scene: Any, spec: Any) -> str:
+    """What a scene shows for a two-shape spec, one of :data:`TWO_SHAPE_OUTCOMES`.
+
+    With exactly two shapes: ``"attributes swapped"`` when the scene has the asked colours and the
+    asked kinds but paired the other way ("a blue circle and a red square" for "a red circle ... a
+    blue square": the attribute-binding failure); ``"a colour or kind wrong"`` for any other wrong
+    pair; ``"relation wrong"`` when both pairs are right but the first does not stand in the asked
+    relation to the second. Attributes left open (``None``) in the spec match anything.
+    """
+    scene, spec = _as_scene(scene), check_spec(spec)
+    if "shapes" not in spec:
+        raise ValueError("two_shape_outcome needs a two-shape spec ({'shapes': [...], 'relation': ...})")
+    n = len(scene)
+    if n != 2:
+        return "no shape" if n == 0 else "one shape" if n == 1 else "three or more"
+    if faithful(scene, spec):
+        return "fully right"
+    if _pairs(scene, spec["shapes"]):
+        return "relation wrong"
+    (ca, ka), (cb, kb) = spec["shapes"]
+
+    def same(asked, read):                   # the multiset of asked values, open ones matching anything
+        fixed = sorted(a for a in asked if a is not None)
+        rest = list(read)
+        for a in fixed:
+            if a not in rest:
+                return False
+            rest.remove(a)
+        return True
+
+    colours, kinds = [s["colour"] for s in scene], [s["kind"] for s in scene]
+    if same((ca, cb), colours) and same((ka, kb), kinds):
+        return "attributes swapped"
+    return "a colour or kind wrong"
+
+
+def two_shape_outcomes(model: SceneJudge | None, images: Any, specs: Sequence[Any]) -> dict[str, float]:
+    """The share of images in each of :data:`TWO_SHAPE_OUTCOMES` (read by the judge; validity is not
+    asked here), for two-shape specs, one per image."""
+    model = _model(model)
+    images = J.check_images(images)
+    if isinstance(specs, Mapping) or not isinstance(specs, (list, tuple)) or len(specs) != len(images):
+        raise ValueError(f"specs must be a list of two-shape specs, one per image ({len(images)})")
+    read = model.read_scenes(images)
+    got = [two_shape_outcome(sc, sp) for sc, sp in zip(read, specs)]
+    return {k: got.count(k) / len(got) for k in TWO_SHAPE_OUTCOMES}
+
+
 def _pairs(scene: list[dict], pairs) -> bool:
     """Exactly two shapes, one matching each (colour, kind) pair (in either order)."""
     if len(scene) != 2:
