@@ -6,7 +6,7 @@ import torch
 from test_llava import IMAGE_ID, _snapshot, _same, _tiny_clip, _tiny_lm
 from vlmlib import llava_training as LT
 from vlmlib.instructions import QUESTION_TYPES
-from vlmlib.llava import LlavaModel
+from vlmlib.llava import LlavaModel, apply_template
 
 
 @pytest.fixture()
@@ -84,3 +84,53 @@ def test_dpo_raises_the_chosen_answer_against_the_reference(model):
     assert _same(_snapshot(reference.language_model), reference.language_model)
     with pytest.raises(ValueError, match="one entry per pair"):
         LT.train_dpo(model, reference, images, prompts[:2], chosen, rejected)
+
+
+def test_a_saved_model_loads_with_the_same_answers_and_checks_its_checksum(model, tmp_path):
+    images, convs, items, _ = LT.instruction_data(8, seed=5)
+    LT.train_stage(model, LT.StageRecipe(stage=2, steps=2, batch_size=4), images, convs)
+    folder = LT.save_llava(model, {"metrics": {"note": 1}}, tmp_path / "llava")
+    again, record = LT.load_llava(folder)
+    assert record["metrics"] == {"note": 1} and record["projector"] == "linear"
+    batch = apply_template(convs[:2], model.n_patches)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images[:2], batch["input_ids"], batch["attention_mask"]).logits,
+                           again(images[:2], batch["input_ids"], batch["attention_mask"]).logits)
+    assert LT.answers(model, images[:3], [i.question for i in items[:3]], 4) == \
+        LT.answers(again, images[:3], [i.question for i in items[:3]], 4)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValueError, match="checksum"):
+        LT.load_llava(folder)
+    with pytest.raises(FileNotFoundError, match="train_llava"):
+        LT.load_llava(tmp_path / "nowhere")
+
+
+def test_plain_captions_and_their_scores(model):
+    images, convs, shapes = LT.caption_data(6, seed=2)
+    said = LT.captions(model, images, max_new_tokens=5)
+    assert len(said) == 6 and all(isinstance(s, str) for s in said)
+    from vlmlib.shapesworld import caption
+    perfect = LT.caption_scores([caption(s, "full") for s in shapes], shapes)
+    assert perfect["exact"] == 1.0 and perfect["chair_i"] == 0.0 and perfect["recall"] == 1.0
+    wrong = LT.caption_scores(["a large red circle at the top"] * 6, shapes)
+    assert wrong["exact"] < 1.0
+    with pytest.raises(ValueError, match="images"):
+        LT.captions(model, torch.zeros(3, 32, 32))
+
+
+def test_the_recipe_runs_its_stages_and_is_checked():
+    from test_llava import _tiny_clip, _tiny_lm
+    recipe = LT.LlavaRecipe(stage1_steps=2, stage2_steps=0, batch_size=4, n_captions=8, n_instructions=8)
+    model = LT.build_llava(_tiny_clip(), _tiny_lm(), "linear")
+    histories, seconds = LT.train_llava(model, recipe)
+    assert list(histories) == ["stage1"] and len(histories["stage1"]) == 2 and seconds > 0
+    assert recipe.stage(2).stage == 2 and recipe.stage(1).lr == recipe.stage1_lr
+    scores = LT.evaluate_llava(model, n=6)
+    assert set(scores) == {"test", "holdout"} and 0 <= scores["test"]["all"] <= 1
+    with pytest.raises(ValueError, match="projector"):
+        LT.LlavaRecipe(projector="conv")
+    with pytest.raises(ValueError, match="stage2_steps"):
+        LT.LlavaRecipe(stage2_steps=-1)
+    with pytest.raises(TypeError, match="LlavaRecipe"):
+        LT.train_llava(model, {"steps": 3})

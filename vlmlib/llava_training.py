@@ -11,8 +11,11 @@ at all (the prompt has no ``<image>`` tokens): the baseline that can only guess 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -22,6 +25,7 @@ from . import checks
 from .instructions import QUESTION_TYPES, Instruction, instructions
 from .llava import LlavaModel, apply_template, conversation, freeze_for_stage, llava_tokenizer
 from .shapesworld import ShapesWorld, caption
+from .tokenizer import IMAGE
 
 
 @dataclass
@@ -161,6 +165,40 @@ def answers(model: LlavaModel, images: torch.Tensor | None, questions: Sequence[
     return out
 
 
+@torch.no_grad()
+def captions(model: LlavaModel, images: torch.Tensor, max_new_tokens: int = 32, batch_size: int = 128) -> list[str]:
+    """Greedy captions in stage 1's plain format (the image and nothing else, then the caption):
+    what feature alignment alone teaches, before any instruction."""
+    if not isinstance(model, LlavaModel):
+        raise TypeError(f"model must be a LlavaModel, got {type(model).__name__}")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not len(images):
+        raise ValueError(f"images must be a non-empty tensor (N, 3, H, W), got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    batch_size = checks.integer(batch_size, "batch_size", minimum=1)
+    tok = llava_tokenizer()
+    model.eval()
+    device = next(model.projector.parameters()).device
+    out: list[str] = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        batch = apply_template([conversation("")] * len(chunk), model.n_patches, add_generation_prompt=True,
+                               plain=True, padding_side="left")
+        new = model.generate(chunk.to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                             max_new_tokens=max_new_tokens)
+        out += [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+    return out
+
+
+def caption_scores(said: Sequence[str], scenes: Sequence) -> dict[str, float]:
+    """How captions match their scenes: ``exact`` (the full caption word for word), and CHAIR's
+    hallucination rates and recall (:func:`vlmlib.instructions.hallucination`)."""
+    from .instructions import hallucination
+
+    said = checks.text_list(said, "said")
+    exact = [s.split() == caption(sc, "full").split() for s, sc in zip(said, scenes)]
+    return {"exact": float(np.mean(exact)), **hallucination(said, list(scenes))}
+
+
 def accuracy_by_type(model: LlavaModel, images: torch.Tensor | None, items: Sequence[Instruction],
                      max_new_tokens: int = 24) -> dict[str, float]:
     """Exact-answer accuracy per question type (types absent from ``items`` are left out) and ``"all"``.
@@ -240,3 +278,152 @@ def train_dpo(model: LlavaModel, reference: LlavaModel, images: torch.Tensor, pr
     history = train(model, loss_fn, checks.integer(steps, "steps", minimum=1), lr=lr, weight_decay=0.0,
                     warmup=0.05, params=params, desc=desc)
     return history, time.perf_counter() - start
+
+
+# -- the whole recipe ---------------------------------------------------------------------------------
+@dataclass
+class LlavaRecipe:
+    """Chapter 8's model and how it is trained: both stages, their data, and the preference tuning."""
+
+    projector: str = "mlp"
+    n_captions: int = 20_000             # stage 1's image–caption pairs
+    n_instructions: int = 30_000         # stage 2's conversations, one question per image
+    stage1_steps: int = 500
+    stage1_lr: float = 1e-3
+    stage2_steps: int = 3000
+    stage2_lr: float = 5e-4
+    batch_size: int = 32
+    n_pairs: int = 4000                  # DPO's preference pairs
+    dpo_steps: int = 300
+    dpo_lr: float = 1e-4
+    dpo_beta: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        from .llava import PROJECTORS
+
+        self.projector = checks.choice(self.projector, "LlavaRecipe.projector", PROJECTORS)
+        for name in ("n_captions", "n_instructions", "batch_size", "n_pairs"):
+            setattr(self, name, checks.integer(getattr(self, name), f"LlavaRecipe.{name}", minimum=1))
+        for name in ("stage1_steps", "stage2_steps", "dpo_steps"):
+            setattr(self, name, checks.integer(getattr(self, name), f"LlavaRecipe.{name}", minimum=0))
+        for name in ("stage1_lr", "stage2_lr", "dpo_lr", "dpo_beta"):
+            setattr(self, name, checks.number(getattr(self, name), f"LlavaRecipe.{name}", low=0.0, low_open=True))
+
+    def stage(self, stage: int) -> StageRecipe:
+        """The :class:`StageRecipe` of stage 1 or 2."""
+        steps, lr = (self.stage1_steps, self.stage1_lr) if stage == 1 else (self.stage2_steps, self.stage2_lr)
+        return StageRecipe(stage=stage, steps=max(steps, 1), batch_size=self.batch_size, lr=lr, seed=self.seed + stage)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_llava(clip_model, lm_model, projector: str = "mlp", seed: int = 0) -> LlavaModel:
+    """A fresh model: chapter 2's vision tower and the text-only LM (both copied), a new projector."""
+    torch.manual_seed(checks.integer(seed, "seed"))
+    tok = llava_tokenizer()
+    return LlavaModel(clip_model, lm_model, tok.convert_tokens_to_ids(IMAGE),
+                      projector=projector)
+
+
+def train_llava(model: LlavaModel, recipe: LlavaRecipe, stages: Sequence[int] = (1, 2), blind: bool = False,
+                data: dict | None = None) -> tuple[dict, float]:
+    """Run ``stages`` of ``recipe`` on ``model`` (a stage with 0 steps is skipped); return the loss
+    histories per stage and the seconds. ``data`` may hold ``"captions"`` (:func:`caption_data`) and
+    ``"instructions"`` (:func:`instruction_data`) to reuse; ``blind=True`` trains without images."""
+    if not isinstance(recipe, LlavaRecipe):
+        raise TypeError(f"recipe must be a LlavaRecipe, got {type(recipe).__name__}")
+    data = dict(data or {})
+    histories, seconds = {}, 0.0
+    for stage in stages:
+        stage = checks.choice(stage, "stage", (1, 2))
+        if (recipe.stage1_steps if stage == 1 else recipe.stage2_steps) == 0:
+            continue
+        if stage == 1:
+            data.setdefault("captions", caption_data(recipe.n_captions, seed=recipe.seed))
+            images, convs = data["captions"][:2]
+        else:
+            data.setdefault("instructions", instruction_data(recipe.n_instructions, seed=recipe.seed + 1))
+            images, convs = data["instructions"][:2]
+        history, s = train_stage(model, recipe.stage(stage), images, convs, blind=blind)
+        histories[f"stage{stage}"], seconds = history["loss"], seconds + s
+    return histories, seconds
+
+
+def evaluate_llava(model: LlavaModel, n: int = 300, seed: int = 77, blind: bool = False) -> dict:
+    """Exact-answer accuracy per question type on ``n`` questions about test images (colour–kind
+    pairs seen in training) and ``n`` about held-out-pair images; ``blind=True`` asks without images."""
+    out = {}
+    for split in ("test", "holdout"):
+        images, _, items, _ = instruction_data(n, split=split, seed=seed)
+        out[split] = accuracy_by_type(model, None if blind else images, items)
+    return out
+
+
+def describe_scores(model: LlavaModel, n: int = 200, seed: int = 78, min_shapes: int = 2) -> dict:
+    """Hallucination (CHAIR) and exactness of the answers to "what is in the picture?" for ``n``
+    test scenes of at least ``min_shapes`` shapes (where there is something to invent)."""
+    from .instructions import DESCRIBE
+
+    world = ShapesWorld(max_shapes=3)
+    data = world.sample(4 * n, split="test", seed=seed, captions=None)
+    keep = [i for i, sc in enumerate(data.shapes) if len(sc) >= min_shapes][:n]
+    said = answers(model, data.tensor()[keep], [DESCRIBE] * len(keep), max_new_tokens=40)
+    return caption_scores(said, [data.shapes[i] for i in keep])
+
+
+# -- the shipped model ----------------------------------------------------------------------------------
+LLAVA_NAME = "llava-shapes"
+
+
+def llava_folder() -> Path:
+    """Where the shipped model lives: ``vlmlib/weights/llava-shapes``."""
+    from importlib.resources import files
+
+    return Path(str(files("vlmlib") / "weights")) / LLAVA_NAME
+
+
+def save_llava(model: LlavaModel, record: dict, folder: Path | str | None = None) -> Path:
+    """Save the whole model, ``model.safetensors`` (frozen vision tower, projector, language model:
+    the tower travels with it, so the model never depends on a CLIP trained elsewhere), and
+    ``record.json``: the parts' configurations, the weights' checksum and ``record`` (recipes,
+    scores, histories)."""
+    from safetensors.torch import save_model
+
+    if not isinstance(model, LlavaModel):
+        raise TypeError(f"model must be a LlavaModel, got {type(model).__name__}")
+    if not isinstance(record, dict):
+        raise TypeError(f"record must be a dict, got {type(record).__name__}")
+    folder = Path(folder) if folder is not None else llava_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "model.safetensors"
+    save_model(model, str(weights))              # handles the LM's tied embedding and output weights
+    out = {"vit_config": model.vision_tower.config.to_dict(), "lm_config": model.language_model.config.to_dict(),
+           "projector": model.projector.kind, "feature_layer": model.feature_layer,
+           "image_token_id": model.image_token_id, **record,
+           "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    (folder / "record.json").write_text(json.dumps(out, indent=1, allow_nan=False))
+    return folder
+
+
+def load_llava(folder: Path | str | None = None, device: str | torch.device = "cpu"):
+    """The shipped (or a saved) model: ``(model, record)``, checksum-checked, in eval mode."""
+    from safetensors.torch import load_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .vit import ViT, ViTConfig
+
+    folder = Path(folder) if folder is not None else llava_folder()
+    record_path, weights = folder / "record.json", folder / "model.safetensors"
+    if not record_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"no LLaVA model in {folder}: run `python -m tools.train_llava`")
+    record = json.loads(record_path.read_text())
+    if hashlib.sha256(weights.read_bytes()).hexdigest() != record["weights_sha256"]:
+        raise ValueError(f"{weights} fails its checksum: run `python -m tools.train_llava` again")
+    lm_config = {k: v for k, v in record["lm_config"].items() if k not in ("transformers_version",)}
+    model = LlavaModel(ViT(ViTConfig(**record["vit_config"])), LlamaForCausalLM(LlamaConfig(**lm_config)),
+                       record["image_token_id"], projector=record["projector"],
+                       feature_layer=record["feature_layer"])
+    load_model(model, str(weights))
+    return model.to(device).eval(), record
