@@ -36,11 +36,16 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     parser.add_argument("--time-limit", type=float, default=None, help="stop (and save) after this many seconds")
     parser.add_argument("--no-score", action="store_true", help="train and save only")
+    parser.add_argument("--two-shape-fraction", type=float, default=None,
+                        help="override the recipe's share of two-shape scenes")
+    parser.add_argument("--seed", type=int, default=None, help="override the recipe's seed (data and batches)")
     args = parser.parse_args()
     torch.set_num_threads(1)                 # the same arithmetic on every machine, and a shared CPU stays usable
     folder = args.out or T.shipped_folder(f"t2i-{args.encoder}" + ("-small" if args.small else ""))
     if not args.rescore:
-        overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+        given = (("steps", args.steps), ("lr", args.lr), ("seed", args.seed),
+                 ("two_shape_fraction", args.two_shape_fraction))
+        overrides = {k: v for k, v in given if v is not None}
         recipe = T.T2IRecipe(**overrides)
         if args.resume:                     # the saved run's model, config and encoder
             before = T.TextToImagePipeline.from_pretrained(args.resume)

@@ -21,6 +21,9 @@ from vlmlib import unclip as U
 from vlmlib.text2image import T2IConfig
 
 
+CHECK_N = 32
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None)
@@ -38,7 +41,8 @@ def main() -> None:
         print(f"trained in {seconds:.0f} s, saved to {folder}")
     model, clip_model, record = U.load_decoder(folder)
     if hasattr(U, "decoder_scores"):
-        metrics = {"train_seconds": record["metrics"].get("train_seconds"), **U.decoder_scores(model, clip_model)}
+        metrics = {"train_seconds": record["metrics"].get("train_seconds"), **U.decoder_scores(model, clip_model),
+                   "check": {"n": CHECK_N, **U.decoder_scores(model, clip_model, n=CHECK_N)}}   # the test repeats this
         recipe = U.DecoderRecipe(**record["recipe"])
         U.save_decoder(model, clip_model, recipe, metrics, record["history"], folder)
         print(json.dumps(metrics, indent=1))
