@@ -117,6 +117,10 @@ def test_plain_captions_and_their_scores(model):
     assert wrong["exact"] < 1.0
     with pytest.raises(ValueError, match="images"):
         LT.captions(model, torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match="one scene"):
+        LT.caption_scores(["a red circle"] * 2, shapes)
+    with pytest.raises(ValueError, match="min_shapes"):
+        LT.describe_scores(model, n=2, min_shapes=4)
 
 
 def test_the_recipe_runs_its_stages_and_is_checked():
@@ -134,3 +138,5 @@ def test_the_recipe_runs_its_stages_and_is_checked():
         LT.LlavaRecipe(stage2_steps=-1)
     with pytest.raises(TypeError, match="LlavaRecipe"):
         LT.train_llava(model, {"steps": 3})
+    with pytest.raises(TypeError, match="stages"):
+        LT.train_llava(model, recipe, stages=1)

@@ -195,6 +195,9 @@ def caption_scores(said: Sequence[str], scenes: Sequence) -> dict[str, float]:
     from .instructions import hallucination
 
     said = checks.text_list(said, "said")
+    if isinstance(scenes, (str, bytes)) or not isinstance(scenes, (list, tuple)) or len(scenes) != len(said):
+        raise ValueError(f"scenes must be a list with one scene (a list of Shapes) per caption ({len(said)}), got "
+                         f"{len(scenes) if isinstance(scenes, (list, tuple)) else type(scenes).__name__}")
     exact = [s.split() == caption(sc, "full").split() for s, sc in zip(said, scenes)]
     return {"exact": float(np.mean(exact)), **hallucination(said, list(scenes))}
 
@@ -334,6 +337,10 @@ def train_llava(model: LlavaModel, recipe: LlavaRecipe, stages: Sequence[int] = 
     ``"instructions"`` (:func:`instruction_data`) to reuse; ``blind=True`` trains without images."""
     if not isinstance(recipe, LlavaRecipe):
         raise TypeError(f"recipe must be a LlavaRecipe, got {type(recipe).__name__}")
+    if data is not None and not isinstance(data, dict):
+        raise TypeError(f"data must be a dict with 'captions' and/or 'instructions', got {type(data).__name__}")
+    if isinstance(stages, (int, str)) or not isinstance(stages, (list, tuple)):
+        raise TypeError(f"stages must be a list of stages such as (1, 2), got {stages!r}")
     data = dict(data or {})
     histories, seconds = {}, 0.0
     for stage in stages:
@@ -354,6 +361,7 @@ def train_llava(model: LlavaModel, recipe: LlavaRecipe, stages: Sequence[int] = 
 def evaluate_llava(model: LlavaModel, n: int = 300, seed: int = 77, blind: bool = False) -> dict:
     """Exact-answer accuracy per question type on ``n`` questions about test images (colour–kind
     pairs seen in training) and ``n`` about held-out-pair images; ``blind=True`` asks without images."""
+    n = checks.integer(n, "n", minimum=1)
     out = {}
     for split in ("test", "holdout"):
         images, _, items, _ = instruction_data(n, split=split, seed=seed)
@@ -366,6 +374,8 @@ def describe_scores(model: LlavaModel, n: int = 200, seed: int = 78, min_shapes:
     test scenes of at least ``min_shapes`` shapes (where there is something to invent)."""
     from .instructions import DESCRIBE
 
+    n = checks.integer(n, "n", minimum=1)
+    min_shapes = checks.integer(min_shapes, "min_shapes", minimum=1, maximum=3)
     world = ShapesWorld(max_shapes=3)
     data = world.sample(4 * n, split="test", seed=seed, captions=None)
     keep = [i for i, sc in enumerate(data.shapes) if len(sc) >= min_shapes][:n]
