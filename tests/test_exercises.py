@@ -356,3 +356,44 @@ def test_a_value_exercise_falls_back_inside_its_with_block(monkeypatch, capsys):
     finally:
         EXERCISES.pop("9.8", None)
         registry._WAITING.discard("9.8")
+
+
+# -- chapter 8's checkers (its notebook is not written yet) ----------------------------------------------
+CHAPTER_8_SOLUTIONS = '''
+def merge_visual_tokens(embeds, input_ids, features, image_token_id):
+    out = embeds.clone()
+    out[input_ids == image_token_id] = features.reshape(-1, features.shape[-1])
+    return out
+
+
+def trains(name, stage):
+    return name.startswith("projector.") or (stage == 2 and name.startswith("language_model."))
+
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    return -F.logsigmoid(margin).mean()
+'''
+
+CHAPTER_8_WRONG = {
+    "8.1": lambda e, i, f, t: e.masked_scatter((i == t)[..., None], f.transpose(0, 1).reshape(-1, f.shape[-1])),
+    "8.2": lambda name, stage: not name.startswith("vision_tower.") if stage == 1 else True,
+    "8.3": lambda pc, pr, rc, rr, beta: -F.logsigmoid(beta * ((pc - rc) - (pr - rr))),
+}
+
+
+@pytest.mark.parametrize("number", ["8.1", "8.2", "8.3"])
+def test_chapter_8_checkers_accept_the_solution_and_reject_mistakes(number, capsys):
+    solution = _namespace()
+    exec(CHAPTER_8_SOLUTIONS, solution)
+    ex = lookup(number)
+    (name,) = ex.references
+    for seed in range(3):
+        assert ex.check(solution[name], seed=seed), number
+        assert ex.check(ex.references[name], seed=seed), number
+    assert not ex.check(CHAPTER_8_WRONG[number], seed=0)
+    for mistake, fn in MISTAKES.items():
+        verdict = ex.check(fn, seed=0)
+        assert isinstance(verdict, Verdict) and not verdict.passed and "please report" not in verdict.message, \
+            (number, mistake, verdict.message)
+    assert "correct!" in capsys.readouterr().out

@@ -300,3 +300,21 @@ def test_the_transformers_copy_saves_and_loads_with_the_same_logits(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(hf(pixel_values=x, **batch).logits, again(pixel_values=x, **batch).logits)
+
+
+def test_merge_embeddings_and_trains_in_stage_check_their_arguments():
+    from vlmlib.llava import merge_embeddings, trains_in_stage
+    ids = torch.tensor([[1, IMAGE_ID, IMAGE_ID, 2]])
+    embeds, features = torch.zeros(1, 4, 3), torch.ones(1, 2, 3)
+    out = merge_embeddings(embeds, ids, features, IMAGE_ID)
+    assert out[0, 1:3].eq(1).all() and out[0, [0, 3]].eq(0).all() and embeds.eq(0).all()
+    with pytest.raises(ValueError, match="visual tokens"):
+        merge_embeddings(embeds, ids, torch.ones(1, 3, 3), IMAGE_ID)
+    with pytest.raises(ValueError, match="embeds must be"):
+        merge_embeddings(torch.zeros(1, 5, 3), ids, features, IMAGE_ID)
+    with pytest.raises(ValueError, match="features must be"):
+        merge_embeddings(embeds, ids, torch.ones(2, 3), IMAGE_ID)
+    assert trains_in_stage("projector.linear_1.weight", 1) and not trains_in_stage("language_model.x", 1)
+    assert trains_in_stage("language_model.x", 2) and not trains_in_stage("vision_tower.x", 2)
+    with pytest.raises(ValueError, match="stage"):
+        trains_in_stage("projector.x", 3)

@@ -215,8 +215,7 @@ class LlavaModel(nn.Module):
                              f"give {features.shape[0] * features.shape[1]} visual tokens ({features.shape[1]} "
                              f"per image): write {features.shape[1]} copies of <image> per image "
                              "(apply_template does, with image_seq_length=model.n_patches)")
-        features = features.to(embeds.device, embeds.dtype)
-        return embeds.masked_scatter(mask[..., None], features)                     # in order, row by row
+        return merge_embeddings(embeds, input_ids, features, self.image_token_id)
 
     def forward(self, images, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
@@ -264,6 +263,37 @@ class LlavaModel(nn.Module):
                                             use_cache=True, **sampling)
 
 
+def merge_embeddings(embeds: torch.Tensor, input_ids: torch.Tensor, features: torch.Tensor,
+                     image_token_id: int) -> torch.Tensor:
+    """Token embeddings (B, L, D) with the rows at ``<image>`` ids replaced by the visual tokens.
+
+    ``features`` (M, N, D) are the projected patch features of the M images, in the order their
+    placeholders appear, row by row; there must be exactly M × N placeholders. The others keep their
+    embedding. (``transformers``' Llava does this with ``masked_scatter``.)
+    """
+    input_ids = _check_ids(input_ids, "input_ids")
+    if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[:2] != input_ids.shape:
+        raise ValueError(f"embeds must be (B, L, D) with (B, L) = input_ids' shape {tuple(input_ids.shape)}, got "
+                         f"{tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__}")
+    if not isinstance(features, torch.Tensor) or features.ndim != 3 or features.shape[-1] != embeds.shape[-1]:
+        raise ValueError(f"features must be (M, N, {embeds.shape[-1]}), got "
+                         f"{tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__}")
+    mask = input_ids == checks.integer(image_token_id, "image_token_id", minimum=0)
+    if int(mask.sum()) != features.shape[0] * features.shape[1]:
+        raise ValueError(f"input_ids hold {int(mask.sum())} <image> ids but features give "
+                         f"{features.shape[0] * features.shape[1]} visual tokens")
+    return embeds.masked_scatter(mask[..., None], features.to(embeds.device, embeds.dtype))
+
+
+def trains_in_stage(name: str, stage: int) -> bool:
+    """Whether the parameter called ``name`` (as ``LlavaModel.named_parameters()`` names it) trains in
+    ``stage``: the projector always, the language model in stage 2 only, the vision tower never."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a parameter name (a string), got {type(name).__name__}")
+    stage = checks.choice(stage, "stage", (1, 2))
+    return name.startswith("projector.") or (stage == 2 and name.startswith("language_model."))
+
+
 def _check_ids(ids, name: str) -> torch.Tensor:
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor of shape (B, L), got "
@@ -280,9 +310,8 @@ def freeze_for_stage(model: LlavaModel, stage: int) -> list[str]:
     if not isinstance(model, LlavaModel):
         raise TypeError(f"model must be a LlavaModel, got {type(model).__name__}")
     stage = checks.choice(stage, "stage", (1, 2))
-    model.vision_tower.requires_grad_(False)
-    model.projector.requires_grad_(True)
-    model.language_model.requires_grad_(stage == 2)
+    for name, p in model.named_parameters():
+        p.requires_grad_(trains_in_stage(name, stage))
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
