@@ -140,3 +140,17 @@ def test_the_recipe_runs_its_stages_and_is_checked():
         LT.train_llava(model, {"steps": 3})
     with pytest.raises(TypeError, match="stages"):
         LT.train_llava(model, recipe, stages=1)
+
+
+def test_dialogues_ask_several_questions_and_learn_every_answer(model):
+    images, convs, items, shapes = LT.dialogue_data(6, turns=3, seed=4)
+    assert len(images) == len(convs) == len(items) == 6
+    assert all(1 <= len(chosen) <= 3 and len({i.type for i in chosen}) == len(chosen) for chosen in items)
+    batch = apply_template(convs, model.n_patches)
+    from vlmlib.llava import llava_tokenizer
+    eos = llava_tokenizer().eos_token_id              # every answer ends with [EOS], which is learnt too
+    learnt_eos = ((batch["labels"] == eos).sum(1)).tolist()
+    assert learnt_eos == [len(chosen) for chosen in items]
+    assert int((batch["input_ids"][0] == IMAGE_ID).sum()) == model.n_patches          # the image once
+    history, _ = LT.train_stage(model, LT.StageRecipe(stage=2, steps=1, batch_size=2), images, convs)
+    assert len(history["loss"]) == 1

@@ -420,6 +420,18 @@ def conversation(question: str, answer: str | None = None, images: int = 1) -> l
     return messages
 
 
+def dialogue(turns: Sequence[tuple[str, str]], images: int = 1) -> list[dict]:
+    """A conversation of several exchanges about the same image(s), LLaVA's multi-turn format: the
+    images come with the first question only; ``turns`` is a list of (question, answer)."""
+    if isinstance(turns, (str, tuple)) or not isinstance(turns, list) or not turns or \
+            not all(isinstance(t, tuple) and len(t) == 2 for t in turns):
+        raise TypeError(f"turns must be a non-empty list of (question, answer) pairs, got {turns!r}")
+    messages = conversation(*turns[0], images=images)
+    for question, answer in turns[1:]:
+        messages += conversation(question, answer, images=0)
+    return messages
+
+
 def apply_template(conversations: Sequence[list[dict]], image_seq_length: int, tokenizer=None,
                    add_generation_prompt: bool = False, plain: bool = False, padding_side: str = "right"
                    ) -> dict[str, torch.Tensor]:

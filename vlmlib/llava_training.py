@@ -90,6 +90,26 @@ def instruction_data(n: int, split: str = "train", seed: int = 0, world_seed: in
     return images[keep], convs, items, [shapes[i] for i in keep]
 
 
+def dialogue_data(n: int, turns: int = 4, split: str = "train", seed: int = 0, world_seed: int = 0,
+                  max_shapes: int = 3):
+    """Stage 2's data as multi-turn conversations (LLaVA's format): ``(images, conversations, items,
+    shapes)``, each image with up to ``turns`` questions of different types (drawn without
+    replacement from those its scene can answer), ``items[i]`` the list asked about image i. Every
+    answer is learnt from, so one pass over an image teaches several of its facts."""
+    from .llava import dialogue
+
+    turns = checks.integer(turns, "turns", minimum=1)
+    images, shapes = _scenes(n, split, seed, world_seed, max_shapes)
+    rng = np.random.default_rng([seed, 10])
+    items = []
+    for sc in shapes:
+        options = instructions(sc, rng)
+        order = rng.permutation(len(options))[:turns]
+        items.append([options[int(i)] for i in order])
+    convs = [dialogue([(it.question, it.answer) for it in chosen]) for chosen in items]
+    return images, convs, items, shapes
+
+
 def _blind(conversations):
     """The same conversations without their images (the blind model's prompts)."""
     out = []
@@ -290,7 +310,8 @@ class LlavaRecipe:
 
     projector: str = "mlp"
     n_captions: int = 20_000             # stage 1's image–caption pairs
-    n_instructions: int = 30_000         # stage 2's conversations, one question per image
+    n_instructions: int = 30_000         # stage 2's conversations
+    turns: int = 1                       # questions per conversation (1: one per image)
     stage1_steps: int = 500
     stage1_lr: float = 1e-3
     stage2_steps: int = 3000
@@ -306,7 +327,7 @@ class LlavaRecipe:
         from .llava import PROJECTORS
 
         self.projector = checks.choice(self.projector, "LlavaRecipe.projector", PROJECTORS)
-        for name in ("n_captions", "n_instructions", "batch_size", "n_pairs"):
+        for name in ("n_captions", "n_instructions", "batch_size", "n_pairs", "turns"):
             setattr(self, name, checks.integer(getattr(self, name), f"LlavaRecipe.{name}", minimum=1))
         for name in ("stage1_steps", "stage2_steps", "dpo_steps"):
             setattr(self, name, checks.integer(getattr(self, name), f"LlavaRecipe.{name}", minimum=0))
@@ -351,7 +372,10 @@ def train_llava(model: LlavaModel, recipe: LlavaRecipe, stages: Sequence[int] = 
             data.setdefault("captions", caption_data(recipe.n_captions, seed=recipe.seed))
             images, convs = data["captions"][:2]
         else:
-            data.setdefault("instructions", instruction_data(recipe.n_instructions, seed=recipe.seed + 1))
+            if "instructions" not in data:
+                data["instructions"] = (instruction_data(recipe.n_instructions, seed=recipe.seed + 1)
+                                        if recipe.turns == 1 else
+                                        dialogue_data(recipe.n_instructions, recipe.turns, seed=recipe.seed + 1))
             images, convs = data["instructions"][:2]
         history, s = train_stage(model, recipe.stage(stage), images, convs, blind=blind)
         histories[f"stage{stage}"], seconds = history["loss"], seconds + s
