@@ -1,0 +1,117 @@
+"""Train chapter 8's LLaVA and the runs it is compared with; store the models and every score.
+
+    python -m tools.train_llava              # vlmlib/weights/llava-shapes{,-dpo}/ (about an hour on one core)
+    python -m tools.train_llava --rescore    # re-measure the stored models' checks (what the tests repeat)
+
+Every run starts from chapter 2's CLIP (its vision tower, frozen) and the shipped text-only language
+model, with ``LlavaRecipe()``:
+
+- **the chapter's model** (``llava-shapes``): stage 1 (projector only, image–caption pairs), then
+  stage 2 (projector and LM, one question per image); its plain captions are scored after stage 1;
+- **its preference-tuned copy** (``llava-shapes-dpo``): DPO on faithful / hallucinated descriptions,
+  against the stage-2 model as the frozen reference;
+- **the comparisons**, scored and not kept: the blind LM (stage 2 without images), stage 1 only,
+  stage 2 only (no stage 1), and a linear projector (stages 1 and 2).
+
+``record.json`` beside the weights holds the recipe, each run's accuracy per question type on test
+images (colour–kind pairs seen in training) and held-out-pair images, the hallucination rates before
+and after DPO, the loss histories, and a small ``check`` that the tests re-measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vlmlib import clip as C
+from vlmlib import lm
+from vlmlib import llava_training as LT
+
+CHECK_N = 64
+
+
+def check(model) -> dict:
+    """A quick re-measurement: accuracy on CHECK_N held-out-pair questions (greedy, deterministic)."""
+    images, _, items, _ = LT.instruction_data(CHECK_N, split="holdout", seed=91)
+    return {"n": CHECK_N, "accuracy": LT.accuracy_by_type(model, images, items)["all"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="folder for llava-shapes (the DPO copy goes beside it)")
+    parser.add_argument("--rescore", action="store_true", help="re-measure the stored checks, train nothing")
+    parser.add_argument("--no-compare", action="store_true", help="skip the comparison runs")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="override the recipe (for trials)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke test: tiny data, two steps per stage, small scoring sets")
+    args = parser.parse_args()
+    torch.set_num_threads(1)                 # the same arithmetic on every machine, and a shared CPU stays usable
+    main_folder = Path(args.out) if args.out else LT.llava_folder()
+    dpo_folder = main_folder.with_name(main_folder.name + "-dpo")
+    if args.rescore:
+        for folder in (main_folder, dpo_folder):
+            model, record = LT.load_llava(folder)
+            print(folder.name, {"stored": record["check"], "now": check(model)})
+        return
+    sizes = dict(n_captions=64, n_instructions=64, stage1_steps=2, stage2_steps=2, batch_size=8, n_pairs=16,
+                 dpo_steps=2) if args.quick else {}
+    if args.stage2_steps:
+        sizes["stage2_steps"] = args.stage2_steps
+    recipe = LT.LlavaRecipe(**sizes)
+    n_eval, n_describe, n_captions = (12, 8, 8) if args.quick else (300, 200, 200)
+    clip_model = C.load_clip(budget="cpu", device="cpu", verbose=False)[0]
+    lm_model = lm.load_lm()[0]
+    data = {"captions": LT.caption_data(recipe.n_captions, seed=recipe.seed),
+            "instructions": LT.instruction_data(recipe.n_instructions, seed=recipe.seed + 1)}
+    runs, start = {}, time.perf_counter()
+
+    def run(name, stages, projector=recipe.projector, blind=False, keep=None):
+        model = LT.build_llava(clip_model, lm_model, projector, seed=recipe.seed)
+        scores = {}
+        for stage in stages:
+            histories, seconds = LT.train_llava(model, recipe, (stage,), blind=blind, data=data)
+            scores[f"stage{stage}_seconds"] = seconds
+            if stage == 1 and keep is not None:
+                images, shapes = LT.caption_data(n_captions, split="test", seed=80)[::2]
+                scores["captions_after_stage1"] = LT.caption_scores(LT.captions(model, images), shapes)
+                keep["histories"] = histories
+            elif keep is not None:
+                keep["histories"].update(histories)
+        scores["accuracy"] = LT.evaluate_llava(model, n=n_eval, blind=blind)
+        runs[name] = scores
+        print(name, json.dumps(scores), flush=True)
+        return model
+
+    kept: dict = {}
+    model = run("stages 1 + 2", (1, 2), keep=kept)
+    if not args.no_compare:
+        run("blind LM (stage 2, no images)", (2,), blind=True)
+        run("stage 1 only", (1,))
+        run("stage 2 only", (2,))
+        run("linear projector, stages 1 + 2", (1, 2), projector="linear")
+    before = LT.describe_scores(model, n=n_describe)
+    reference = copy.deepcopy(model).eval()
+    tuned = copy.deepcopy(model)
+    images, prompts, chosen, rejected, _ = LT.preference_data(recipe.n_pairs, seed=recipe.seed + 3)
+    dpo_history, dpo_seconds = LT.train_dpo(tuned, reference, images, prompts, chosen, rejected,
+                                            steps=recipe.dpo_steps, lr=recipe.dpo_lr, beta=recipe.dpo_beta,
+                                            seed=recipe.seed)
+    after = LT.describe_scores(tuned, n=n_describe)
+    dpo = {"seconds": dpo_seconds, "describe_before": before, "describe_after": after,
+           "accuracy_after": LT.evaluate_llava(tuned, n=n_eval)}
+    print("DPO", json.dumps(dpo), flush=True)
+    common = {"recipe": recipe.to_dict(), "runs": runs, "dpo": dpo, "seconds": time.perf_counter() - start}
+    LT.save_llava(model, {**common, "check": check(model), "history": kept["histories"]}, main_folder)
+    LT.save_llava(tuned, {**common, "check": check(tuned), "history": {"dpo_loss": dpo_history["loss"],
+                                                                       "dpo_margin": dpo_history["margin"]}},
+                  dpo_folder)
+    print(f"saved {main_folder} and {dpo_folder} in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
