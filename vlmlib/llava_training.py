@@ -168,21 +168,9 @@ def answers(model: LlavaModel, images: torch.Tensor | None, questions: Sequence[
     questions = checks.text_list(questions, "questions")
     if images is not None and (not isinstance(images, torch.Tensor) or len(images) != len(questions)):
         raise ValueError(f"images must be a tensor with one image per question ({len(questions)}), or None")
-    batch_size = checks.integer(batch_size, "batch_size", minimum=1)
-    tok = llava_tokenizer()
-    model.eval()
-    device = next(model.projector.parameters()).device
-    out: list[str] = []
-    for i in range(0, len(questions), batch_size):
-        qs = questions[i:i + batch_size]
-        convs = [conversation(q, images=0 if images is None else 1) for q in qs]
-        batch = apply_template(convs, model.n_patches, add_generation_prompt=True, padding_side="left")
-        new = model.generate(None if images is None else images[i:i + batch_size].to(device),
-                             batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                             max_new_tokens=max_new_tokens, do_sample=do_sample,
-                             seed=None if seed is None else seed + i)
-        out += [tok.decode(row, skip_special_tokens=True).strip() for row in new]
-    return out
+    convs = [conversation(q, images=0 if images is None else 1) for q in questions]
+    return _generate(model, images, convs, batch_size, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                     seed=seed)
 
 
 @torch.no_grad()
@@ -194,17 +182,25 @@ def captions(model: LlavaModel, images: torch.Tensor, max_new_tokens: int = 32, 
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not len(images):
         raise ValueError(f"images must be a non-empty tensor (N, 3, H, W), got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    return _generate(model, images, [conversation("")] * len(images), batch_size, plain=True,
+                     max_new_tokens=max_new_tokens)
+
+
+def _generate(model: LlavaModel, images: torch.Tensor | None, convs: list, batch_size: int, plain: bool = False,
+              seed: int | None = None, **generation) -> list[str]:
+    """Decoded new text for each conversation's prompt, ``batch_size`` at a time (left-padded,
+    ending with the generation prompt); batch i is seeded ``seed + i`` when ``seed`` is given."""
     batch_size = checks.integer(batch_size, "batch_size", minimum=1)
     tok = llava_tokenizer()
     model.eval()
     device = next(model.projector.parameters()).device
     out: list[str] = []
-    for i in range(0, len(images), batch_size):
-        chunk = images[i:i + batch_size]
-        batch = apply_template([conversation("")] * len(chunk), model.n_patches, add_generation_prompt=True,
-                               plain=True, padding_side="left")
-        new = model.generate(chunk.to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                             max_new_tokens=max_new_tokens)
+    for i in range(0, len(convs), batch_size):
+        batch = apply_template(convs[i:i + batch_size], model.n_patches, add_generation_prompt=True, plain=plain,
+                               padding_side="left")
+        new = model.generate(None if images is None else images[i:i + batch_size].to(device),
+                             batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                             seed=None if seed is None else seed + i, **generation)
         out += [tok.decode(row, skip_special_tokens=True).strip() for row in new]
     return out
 
