@@ -1,4 +1,5 @@
-"""vlmlib.hub's text-to-image loader and generator, on a tiny Stable Diffusion built and saved offline."""
+"""vlmlib.hub's loaders and generators, on tiny models built and saved offline: text to image on a tiny
+Stable Diffusion, image to text on a tiny LLaVA."""
 
 import string
 
@@ -135,3 +136,162 @@ def test_bad_generation_arguments_are_refused(pipe, change, error, words):
     arguments = dict(pipe=pipe, prompts=PROMPTS, num_inference_steps=1, height=16, width=16) | change
     with pytest.raises(error, match=words):
         hub.generate_real(**arguments)
+
+
+# -- image to text (chapter 8) ----------------------------------------------------------------------------
+QUESTION = "what colour is the circle?"           # ShapesWorld's words: the course's tokenizer knows them
+IMAGE_TOKENS = 16                                  # (16 / 4)² patches, the CLS token dropped
+
+
+def tiny_llava():
+    """A LlavaForConditionalGeneration of random tiny parts and its LlavaProcessor: a 2-block CLIP vision
+    tower (16×16 images, 4×4 patches, width 32), a 2-layer Llama (width 32), LLaVA-1.5's GELU projector;
+    the course's word-level tokenizer with its ``<image>`` token and its chat template
+    (:func:`vlmlib.llava.llava_tokenizer`), and a CLIP image processor resizing to 16×16."""
+    import copy
+
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    from vlmlib.llava import CHAT_TEMPLATE, llava_tokenizer
+
+    tokenizer = copy.deepcopy(llava_tokenizer())          # the shared one stays untouched
+    vision = CLIPVisionConfig(image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, initializer_range=0.5)     # varied greedy output
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         image_seq_length=IMAGE_TOKENS, projector_hidden_act="gelu")
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=CHAT_TEMPLATE)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def llava_folder(tmp_path_factory):
+    """A folder holding the tiny LLaVA and its processor, as a Hub repository holds them."""
+    folder = tmp_path_factory.mktemp("tiny_llava")
+    model, processor = tiny_llava()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llava(llava_folder):
+    return hub.load_image_to_text(str(llava_folder))
+
+
+def _pictures(n=2, size=20):
+    torch.manual_seed(3)
+    return torch.rand(n, 3, size, size + 4)           # not square, not 16×16: the processor resizes and crops
+
+
+def test_loads_the_saved_llava_and_its_processor_on_the_cpu_in_float32(llava):
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    model, processor = llava
+    assert isinstance(model, LlavaForConditionalGeneration) and isinstance(processor, LlavaProcessor)
+    assert not model.training and processor.chat_template
+    assert sum(p.numel() for p in model.parameters()) < 100_000
+    if not torch.cuda.is_available():
+        assert model.device.type == "cpu" and model.dtype == torch.float32
+
+
+def test_describes_each_image_greedily_and_repeats_itself(llava):
+    model, processor = llava
+    images = _pictures(3)
+    answers = hub.describe_real(model, processor, images, QUESTION, max_new_tokens=6)
+    assert isinstance(answers, list) and len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    assert any(answers) and len(set(answers)) > 1          # the tiny random model says something, per image
+    assert hub.describe_real(model, processor, images, QUESTION, max_new_tokens=6) == answers
+    # the same as running the model by hand on the course's prompt, written out: the template's one
+    # [BOS] (the tokenizer adds none), one <image> per visual token, the assistant's turn opened
+    prompt = "[BOS]USER: " + "<image>" * IMAGE_TOKENS + "\n" + QUESTION + " ASSISTANT:"
+    ids = processor.tokenizer([prompt] * 3, add_special_tokens=False, return_tensors="pt")
+    pixels = hub._pil_images(images)
+    inputs = dict(ids, pixel_values=processor.image_processor(pixels, return_tensors="pt")["pixel_values"])
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    reference = processor.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert answers == [r.strip() for r in reference]
+    # at most max_new_tokens tokens each
+    one = hub.describe_real(model, processor, images, QUESTION, max_new_tokens=1)
+    assert all(len(processor.tokenizer(a, add_special_tokens=False)["input_ids"]) <= 1 for a in one)
+    assert all(a.startswith(b) for a, b in zip(answers, one, strict=True))
+
+
+def test_describes_pil_images_uint8_and_the_default_question(llava):
+    from PIL import Image
+
+    model, processor = llava
+    images = _pictures(2)
+    answers = hub.describe_real(model, processor, images, QUESTION, max_new_tokens=4)
+    pil = [Image.fromarray(p) for p in (images * 255).round().byte().permute(0, 2, 3, 1).numpy()]
+    assert hub.describe_real(model, processor, pil, QUESTION, max_new_tokens=4) == answers
+    assert hub.describe_real(model, processor, tuple(pil), QUESTION, max_new_tokens=4) == answers
+    assert hub.describe_real(model, processor, pil[1], QUESTION, max_new_tokens=4) == answers[1:]    # one PIL image
+    assert hub.describe_real(model, processor, pil[0].convert("RGBA"), QUESTION, max_new_tokens=4) == answers[:1]
+    uint8 = (images * 255).round().byte()
+    assert hub.describe_real(model, processor, uint8, QUESTION, max_new_tokens=4) == answers
+    assert hub.describe_real(model, processor, uint8.numpy(), QUESTION, max_new_tokens=4) == answers
+    default = hub.describe_real(model, processor, images[:1], max_new_tokens=2)     # "Describe the image." ([UNK]s here)
+    assert len(default) == 1 and isinstance(default[0], str)
+
+
+def test_image_to_text_from_a_missing_folder_raises_oserror(tmp_path):
+    with pytest.raises(OSError):
+        hub.load_image_to_text(str(tmp_path / "missing"))
+    with pytest.raises(OSError):
+        hub.load_image_to_text(tmp_path / "missing")            # a PathLike too
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (3, TypeError, "name_or_path"), (None, TypeError, "name_or_path"), ("", ValueError, "name_or_path"),
+    ("  ", ValueError, "empty"),
+])
+def test_bad_names_are_refused_by_the_image_to_text_loader(bad, error, words):
+    with pytest.raises(error, match=words):
+        hub.load_image_to_text(bad)
+
+
+@pytest.mark.parametrize("change, error, words", [
+    (dict(model="not a model"), TypeError, "model must be a transformers LlavaForConditionalGeneration"),
+    (dict(processor="not a processor"), TypeError, "processor must be a transformers processor"),
+    (dict(images=[]), ValueError, "at least one image"),
+    (dict(images="cat.png"), TypeError, "images must be a float tensor"),
+    (dict(images=[torch.rand(3, 16, 16)]), TypeError, "torch.stack"),
+    (dict(images=torch.rand(3, 16, 16)), ValueError, "add a batch dimension"),
+    (dict(images=torch.rand(2, 1, 16, 16)), ValueError, r"images must have shape \(N, 3, \?, \?\)"),
+    (dict(images=torch.rand(2, 16, 16, 3)), ValueError, "channels-last"),
+    (dict(images=torch.rand(0, 3, 16, 16)), ValueError, "empty"),
+    (dict(images=torch.rand(1, 3, 16, 16) * 255), ValueError, "values in"),
+    (dict(images=torch.randint(0, 2, (1, 3, 16, 16))), TypeError, "floating point"),
+    (dict(question=3), TypeError, "question must be a string"),
+    (dict(question=["what colour?"]), TypeError, "question must be a string"),
+    (dict(question="  "), ValueError, "question must not be empty"),
+    (dict(max_new_tokens=0), ValueError, "max_new_tokens"),
+    (dict(max_new_tokens=1.5), TypeError, "max_new_tokens"),
+])
+def test_bad_description_arguments_are_refused(llava, change, error, words):
+    model, processor = llava
+    arguments = dict(model=model, processor=processor, images=_pictures(1), question=QUESTION, max_new_tokens=2) | change
+    with pytest.raises(error, match=words):
+        hub.describe_real(**arguments)
+
+
+def test_a_processor_without_a_chat_template_is_refused(llava):
+    import copy
+
+    model, processor = llava
+    bare = copy.copy(processor)
+    bare.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        hub.describe_real(model, bare, _pictures(1))

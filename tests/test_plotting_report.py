@@ -7,6 +7,7 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402  (after the backend is chosen)
 
 from vlmlib import plotting, report
 
@@ -16,6 +17,31 @@ def test_show_images_accepts_arrays_and_tensors_in_either_layout():
     fig = plotting.show_images(imgs, ["a", "b", "c"], ncols=2, title="t")
     assert len(fig.axes) == 4
     assert plotting.to_display(torch.full((3, 4, 4), -1.0)).max() == 0.0   # [-1, 1] is mapped to [0, 1]
+
+
+def test_show_conversations_draws_each_image_beside_its_turns_coloured_by_rightness():
+    images = torch.rand(3, 3, 8, 8)
+    turns = [[("what colour?", "red", True), ("how many?", "two", "three")], [("describe", "a red circle")],
+             [("is there a cube?", "no", True)]]
+    fig = plotting.show_conversations(images, turns, ncols=2, title="t")
+    assert len(fig.axes) == 6                        # an image and a text panel per conversation
+    colours = [t.get_color() for ax in fig.axes[1::2] for t in ax.texts]
+    assert "tab:green" in colours and "tab:red" in colours and "black" in colours
+    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert "✓ A: red" in texts and "✗ A: two  (right: three)" in texts
+    matplotlib.pyplot.close(fig)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: plotting.show_conversations([], []), "at least one image"),
+    (lambda: plotting.show_conversations(torch.rand(2, 3, 8, 8), [[("q", "a")]]), "one conversation per image"),
+    (lambda: plotting.show_conversations(torch.rand(1, 3, 8, 8), ["q a"]), "list of \\(question, answer\\)"),
+    (lambda: plotting.show_conversations(torch.rand(1, 3, 8, 8), [[("q", 3)]]), "tuples of strings"),
+    (lambda: plotting.show_conversations(torch.rand(1, 3, 8, 8), [[("q", "a")]], ncols=0), "ncols"),
+])
+def test_show_conversations_refuses_bad_input_clearly(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()
 
 
 @pytest.mark.parametrize("call, match", [
@@ -93,7 +119,7 @@ def test_animation_html_plays_offline():
     shown = ax.imshow(np.zeros((4, 4)))
     anim = animation.FuncAnimation(fig, lambda i: [shown], frames=3)
     html = vlmlib.animation_html(anim).data
-    plt.close(fig)
+    matplotlib.pyplot.close(fig)
     assert "http://" not in html and "https://" not in html       # nothing to fetch: it works offline
     assert 'class="animation"' in html and html.count("data:image/png;base64") >= 3
     with pytest.raises(TypeError, match="Animation"):

@@ -17,12 +17,14 @@ import warnings  # noqa: E402
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 from .cache import Artifact, cached, cache_dir  # noqa: E402
-from .plotting import animation_html, bar_chart, heatmap, plot_curves, progress, show_images, table  # noqa: E402
+from .plotting import (animation_html, bar_chart, heatmap, plot_curves, progress, show_conversations,  # noqa: E402
+                       show_images, table)  # noqa: E402
 from .report import expect, record, stopwatch  # noqa: E402
 from .settings import RunSettings, seed_everything, setup  # noqa: E402
 from .shapesworld import ShapesData, ShapesWorld  # noqa: E402
 
 __all__ = [
-    "Artifact", "cached", "cache_dir", "animation_html", "bar_chart", "heatmap", "plot_curves", "progress", "show_images", "table",
+    "Artifact", "cached", "cache_dir", "animation_html", "bar_chart", "heatmap", "plot_curves", "progress", "show_conversations",
+    "show_images", "table",
     "expect", "record", "stopwatch", "RunSettings", "seed_everything", "setup", "ShapesData", "ShapesWorld",
 ]

@@ -3,6 +3,7 @@
 Introduced in notebook 00: :func:`show_images` draws a grid of images with captions,
 :func:`plot_curves` draws training curves, :func:`bar_chart` draws probabilities, and
 :func:`progress` is the progress bar used for any work longer than a few seconds.
+:func:`show_conversations` (chapter 8) draws images with questions and answers beside them.
 """
 
 from __future__ import annotations
@@ -131,6 +132,59 @@ def show_images(images, captions: Sequence[str] | None = None, ncols: int = 8, s
             ax.imshow(to_display(images[i]), cmap=cmap, interpolation="nearest")
             if captions is not None:
                 ax.set_title("\n".join(textwrap.wrap(captions[i], wrap)), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_conversations(images, dialogues: Sequence[Sequence[tuple]], ncols: int = 2, size: float = 1.7,
+                       wrap: int = 42, title: str | None = None):
+    """Draw each image with its conversation beside it. Returns the figure.
+
+    ``dialogues[i]`` is a list of turns about image i, each ``(question, answer)`` or
+    ``(question, answer, right)``: ``right`` True draws the answer green with ✓, False red with ✗
+    (with the right answer after it when ``right`` is a string: the expected answer), None plain.
+    """
+    if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+        raise TypeError(f"images must be a batch (tensor or array) or a list of images, got {type(images).__name__}")
+    images = list(images)
+    if not images:
+        raise ValueError("show_conversations needs at least one image")
+    if isinstance(dialogues, (str, bytes)) or not isinstance(dialogues, (list, tuple)) or len(dialogues) != len(images):
+        raise ValueError(f"dialogues must be a list with one conversation per image ({len(images)}), got "
+                         f"{len(dialogues) if isinstance(dialogues, (list, tuple)) else type(dialogues).__name__}")
+    for i, turns in enumerate(dialogues):
+        if isinstance(turns, (str, tuple)) or not isinstance(turns, list) or not all(
+                isinstance(t, tuple) and len(t) in (2, 3) and all(isinstance(x, str) for x in t[:2]) for t in turns):
+            raise TypeError(f"dialogues[{i}] must be a list of (question, answer) or (question, answer, right) "
+                            f"tuples of strings, got {turns!r}")
+    ncols = min(checks.integer(ncols, "ncols", minimum=1), len(images))
+    size = checks.number(size, "size", low=0.0, low_open=True)
+    wrap = checks.integer(wrap, "wrap", minimum=8)
+    nrows = (len(images) + ncols - 1) // ncols
+    text_w = size * 2.6
+    fig = plt.figure(figsize=((size + text_w) * ncols, size * 1.15 * nrows + (0.4 if title else 0)))
+    grid = fig.add_gridspec(nrows, 2 * ncols, width_ratios=[size, text_w] * ncols)
+    for i, (image, turns) in enumerate(zip(images, dialogues)):
+        r, c = divmod(i, ncols)
+        ax = fig.add_subplot(grid[r, 2 * c])
+        ax.imshow(to_display(image), interpolation="nearest")
+        ax.axis("off")
+        tx = fig.add_subplot(grid[r, 2 * c + 1])
+        tx.axis("off")
+        y = 0.98
+        for turn in turns:
+            q, a = turn[:2]
+            right = turn[2] if len(turn) == 3 else None
+            lines = textwrap.wrap("Q: " + q, wrap)
+            tx.text(0.0, y, "\n".join(lines), va="top", fontsize=8, transform=tx.transAxes)
+            y -= 0.105 * len(lines)
+            mark, colour = ("", "black") if right is None else (("✓ ", "tab:green") if right is True else ("✗ ", "tab:red"))
+            answer = mark + "A: " + a + (f"  (right: {right})" if isinstance(right, str) else "")
+            lines = textwrap.wrap(answer, wrap)
+            tx.text(0.0, y, "\n".join(lines), va="top", fontsize=8, color=colour, transform=tx.transAxes)
+            y -= 0.105 * len(lines) + 0.04
     if title:
         fig.suptitle(title)
     fig.tight_layout()
