@@ -118,6 +118,78 @@ def test_sampling_is_reproducible_and_checks_its_arguments(tiny, clip_encoder):
         model(torch.zeros(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), clip_encoder.encode(["a"]))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (two threads on a busy machine can be 10× slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_training_through_the_cache_trains_once_and_loads_the_same_model(clip_encoder, tmp_path, monkeypatch,
+                                                                         one_thread):
+    monkeypatch.setenv("VLMLIB_CACHE", str(tmp_path))
+    config = T.T2IConfig(encoder="clip", text_dim=clip_encoder.dim, pooled_dim=clip_encoder.pooled_dim,
+                         channels=(8, 16, 16), image_size=16, T=50)
+    recipe = T.T2IRecipe(steps=2, batch_size=4, n_train=40)
+    state = torch.random.get_rng_state()
+    first, art = T.build_text2image(config, recipe, clip_encoder, verbose=False)
+    assert torch.equal(torch.random.get_rng_state(), state)          # trained: the global random state is kept
+    again, art_again = T.build_text2image(config, recipe, clip_encoder, verbose=False)
+    assert torch.equal(torch.random.get_rng_state(), state)          # loaded: likewise
+    assert not art.from_cache and art_again.from_cache
+    direct, history, _ = T.train_text2image(config, recipe, clip_encoder)
+    for (k, a), b, c in zip(direct.state_dict().items(), first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c), k             # bit for bit, trained or loaded
+    assert art_again.history["loss"] == history["loss"] and art_again.metrics["steps"] == 2
+    assert art_again.metrics["train_seconds"] == art.metrics["train_seconds"] > 0
+    _, other = T.build_text2image(config, T.T2IRecipe(steps=2, batch_size=4, n_train=40, seed=1), clip_encoder,
+                                  verbose=False)
+    assert not other.from_cache                                       # another recipe: trained again
+    with pytest.raises(TypeError, match="T2IConfig and a T2IRecipe"):
+        T.build_text2image(config, recipe.to_dict(), clip_encoder)
+    with pytest.raises(ValueError, match="kind 'lm'"):
+        T.build_text2image(T.T2IConfig(encoder="lm"), recipe, clip_encoder)
+
+
+def test_sampling_through_the_cache_draws_once_and_loads_the_same_images(tiny, clip_encoder, tmp_path, monkeypatch,
+                                                                          one_thread):
+    import copy
+
+    monkeypatch.setenv("VLMLIB_CACHE", str(tmp_path))
+    model, _ = tiny
+    prompts = ["a red circle", "a blue square above a red cross"]
+    kw = dict(steps=3, show_progress=False, verbose=False)
+    first = T.generate_cached(model, clip_encoder, prompts, 3.0, seed=1, **kw)
+    again = T.generate_cached(model, clip_encoder, prompts, 3.0, seed=1, **kw)
+    assert not first["from_cache"] and again["from_cache"] and again["seconds"] == first["seconds"]
+    direct = T.generate(model, clip_encoder, prompts, 3.0, 3, generator=torch.Generator().manual_seed(1),
+                        show_progress=False)
+    assert torch.equal(first["images"], direct) and torch.equal(again["images"], direct)
+    pipe = T.TextToImagePipeline(model, clip_encoder)
+    assert torch.equal(pipe(prompts, guidance_scale=3, num_inference_steps=3, seed=1, cache=True), direct)
+    for change in (dict(seed=2), dict(prompts=prompts[::-1]), dict(guidance=2.0), dict(threshold="dynamic")):
+        args = {"prompts": prompts, "guidance": 3.0, "seed": 1, **kw, **change}
+        assert not T.generate_cached(model, clip_encoder, **args)["from_cache"], change
+    other_model, other_encoder = copy.deepcopy(model), copy.deepcopy(clip_encoder)
+    with torch.no_grad():
+        next(other_model.parameters()).add_(0.01)
+        next(other_encoder.parameters()).add_(0.01)
+    assert not T.generate_cached(other_model, clip_encoder, prompts, 3.0, seed=1, **kw)["from_cache"]
+    assert not T.generate_cached(model, other_encoder, prompts, 3.0, seed=1, **kw)["from_cache"]
+    with pytest.raises(ValueError, match="needs a seed"):
+        pipe(prompts, cache=True)
+    with pytest.raises(ValueError, match="a seed or a generator"):
+        pipe(prompts, seed=0, generator=torch.Generator(), cache=True)
+    with pytest.raises(ValueError, match="seed must be at least 0"):
+        T.generate_cached(model, clip_encoder, prompts, seed=-1, **kw)
+    with pytest.raises(ValueError, match="steps must be at most 50"):
+        T.generate_cached(model, clip_encoder, prompts, steps=51, verbose=False)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        T.generate_cached(model, clip_encoder, [], **kw)
+
+
 def test_prompt_sets_hold_out_what_they_say():
     held = set(HELD_OUT)
     pairs = {frozenset(p) for p in T.HELD_OUT_COLOUR_PAIRS}

@@ -16,6 +16,10 @@ shapes; two-shape prompts name a relation ("a red circle to the left of a blue s
 with two colours of :data:`HELD_OUT_COLOUR_PAIRS` never appear together in training, and the
 colour–kind pairs that ShapesWorld holds out never appear at all, so faithfulness to prompts
 never seen is measured.
+
+Training and seeded sampling can go through the artifact cache (:mod:`vlmlib.cache`), keyed by
+everything that determines the result: :func:`build_text2image` and :func:`generate_cached` (or a
+pipeline called with ``cache=True``), so a rerun loads what the first run computed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +39,7 @@ import torch.nn.functional as F
 
 from . import checks
 from . import diffusion as D
+from .cache import Artifact, cached
 from .shapesworld import HELD_OUT, ShapesWorld, caption, relation_caption, relations, varied_caption
 from .tokenizer import shapes_tokenizer
 
@@ -523,6 +529,104 @@ def generate(model: TextToImage, encoder: FrozenTextEncoder, prompts: Sequence[s
     return (images, torch.cat(paths, dim=1)) if return_path else images
 
 
+# -- through the artifact cache ---------------------------------------------------------------------
+#: Bumped whenever :func:`train_text2image` or :func:`generate` changes what it makes, so that cached
+#: models and images are made again.
+CACHE_VERSION = 1
+
+
+@contextmanager
+def _own_random_state(device: torch.device):
+    """Run a block without touching the global random state (CPU, and the CUDA device in use), so a
+    result made now and one loaded from the cache leave the same state behind."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def _encoder_key(encoder: FrozenTextEncoder) -> dict:
+    return {"kind": encoder.kind, "weights_sha256": D.weights_sha256(encoder)}
+
+
+def build_text2image(config: T2IConfig, recipe: T2IRecipe, encoder: FrozenTextEncoder,
+                     device: str | torch.device = "cpu", name: str = "text2image",
+                     verbose: bool = True) -> tuple[TextToImage, Artifact]:
+    """The model (EMA weights) that :func:`train_text2image` trains for ``config``, ``recipe`` and
+    ``encoder``: from the artifact cache, or trained now and stored (as chapter 5's
+    :func:`vlmlib.diffusion.build_diffusion`).
+
+    Keyed by the config, the recipe, the encoder's kind and the SHA-256 of its weights, the device
+    type and :data:`CACHE_VERSION`. The artifact's metrics hold ``train_seconds`` and ``steps``
+    (measured when it was trained), its history the loss. The global random state is left as it
+    was, whether the model is trained or loaded. Returns ``(model on device, artifact)``.
+    """
+    if not isinstance(config, T2IConfig) or not isinstance(recipe, T2IRecipe):
+        raise TypeError("build_text2image needs a T2IConfig and a T2IRecipe")
+    if not isinstance(encoder, FrozenTextEncoder) or encoder.kind != config.encoder:
+        raise ValueError(f"encoder must be the FrozenTextEncoder of kind {config.encoder!r}")
+    device = torch.device(device)
+    key = {"model": config.to_dict(), "recipe": recipe.to_dict(), "encoder": _encoder_key(encoder),
+           "device": device.type, "version": CACHE_VERSION}
+
+    def build() -> Artifact:
+        model, history, seconds = train_text2image(config, recipe, encoder, device, desc=f"training {name}")
+        metrics = {"train_seconds": seconds, "steps": len(history["loss"])}
+        return Artifact(name, key, {k: v.cpu() for k, v in model.state_dict().items()}, metrics,
+                        {"loss": history["loss"]})
+
+    with _own_random_state(device):
+        art = cached(name, key, build, verbose=verbose)
+        model = TextToImage(config)
+    model.load_state_dict(art.state_dict)
+    return model.to(device).eval(), art
+
+
+def generate_cached(model: TextToImage, encoder: FrozenTextEncoder, prompts: Sequence[str], guidance: float = 3.0,
+                    steps: int = 20, sampler: str = "ddim", seed: int = 0, threshold: str = "static",
+                    percentile: float = 0.995, batch_size: int = 250, show_progress: bool = True,
+                    verbose: bool = True) -> dict:
+    """:func:`generate` with its noise drawn from ``seed``, through the artifact cache (as
+    :func:`vlmlib.diffusion.sample_cached`).
+
+    The images are keyed by what makes them: the SHA-256 of the model's weights and its config, the
+    encoder's kind and weights, the prompts, every sampler setting, the seed, the device type,
+    :data:`CACHE_VERSION` and :data:`vlmlib.diffusion.SAMPLER_VERSION`. The first call samples (and
+    times it); later calls load the same images. Returns ``{"images": (N, 3, 32, 32), "seconds":
+    sampling time when they were drawn, "from_cache": bool}``.
+    """
+    if not isinstance(model, TextToImage):
+        raise TypeError(f"model must be a TextToImage, got {type(model).__name__}")
+    if not isinstance(encoder, FrozenTextEncoder) or encoder.kind != model.config.encoder:
+        raise ValueError(f"encoder must be the FrozenTextEncoder of kind {model.config.encoder!r} "
+                         "that the model was trained with")
+    prompts = [prompts] if isinstance(prompts, str) else checks.text_list(prompts, "prompts")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    steps = checks.integer(steps, "steps", minimum=1, maximum=model.config.T)
+    key = {"model": model.config.to_dict(), "weights_sha256": D.weights_sha256(model),
+           "encoder": _encoder_key(encoder), "prompts": prompts,
+           "guidance": checks.number(guidance, "guidance", low=0.0), "steps": steps,
+           "sampler": checks.choice(sampler, "sampler", D.SAMPLERS),
+           "threshold": checks.choice(threshold, "threshold", D.THRESHOLDS),
+           "percentile": checks.number(percentile, "percentile", low=0.0, high=1.0, low_open=True),
+           "batch_size": checks.integer(batch_size, "batch_size", minimum=1),
+           "seed": checks.integer(seed, "seed", minimum=0), "device": next(model.parameters()).device.type,
+           "version": CACHE_VERSION, "sampler_version": D.SAMPLER_VERSION}
+
+    def build() -> Artifact:
+        start = time.perf_counter()
+        images = generate(model, encoder, prompts, key["guidance"], key["steps"], key["sampler"],
+                          torch.Generator().manual_seed(key["seed"]), key["threshold"], key["percentile"],
+                          batch_size=key["batch_size"], show_progress=show_progress)
+        return Artifact("t2i-samples", key, {"images": images.float().contiguous()},
+                        {"seconds": time.perf_counter() - start})
+
+    art = cached("t2i-samples", key, build, verbose=False)
+    if verbose and art.from_cache:
+        print(f"{len(prompts)} images, w = {key['guidance']:g}, {key['steps']} steps (loaded from the cache)")
+    return {"images": art.state_dict["images"], "seconds": art.metrics["seconds"], "from_cache": art.from_cache}
+
+
 # -- saving and loading, the diffusers way ----------------------------------------------------------
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -560,15 +664,28 @@ class TextToImagePipeline:
 
     def __call__(self, prompt: str | Sequence[str], guidance_scale: float = 3.0, num_inference_steps: int = 20,
                  generator: torch.Generator | None = None, seed: int | None = None, threshold: str = "static",
-                 num_images_per_prompt: int = 1, show_progress: bool = False) -> torch.Tensor:
+                 num_images_per_prompt: int = 1, show_progress: bool = False,
+                 cache: bool = False) -> torch.Tensor:
+        """Images (N · num_images_per_prompt, 3, 32, 32) in [0, 1] (:func:`generate`). With ``cache=True``
+        they go through the artifact cache (:func:`generate_cached`: drawn once, then loaded), which
+        needs their noise given by a ``seed``."""
         prompts = [prompt] if isinstance(prompt, str) else checks.text_list(prompt, "prompt")
         k = checks.integer(num_images_per_prompt, "num_images_per_prompt", minimum=1)
+        if not isinstance(cache, bool):
+            raise TypeError(f"cache must be True or False, got {cache!r}")
+        if seed is not None and generator is not None:
+            raise ValueError("give a seed or a generator, not both")
+        prompts = [p for p in prompts for _ in range(k)]
+        if cache:
+            if seed is None:
+                raise ValueError("cache=True needs a seed (an integer): cached images are drawn from a known noise")
+            out = generate_cached(self.unet, self.text_encoder, prompts, guidance_scale, num_inference_steps,
+                                  seed=seed, threshold=threshold, show_progress=show_progress, verbose=False)
+            return out["images"]
         if seed is not None:
-            if generator is not None:
-                raise ValueError("give a seed or a generator, not both")
             generator = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
-        return generate(self.unet, self.text_encoder, [p for p in prompts for _ in range(k)], guidance_scale,
-                        num_inference_steps, generator=generator, threshold=threshold, show_progress=show_progress)
+        return generate(self.unet, self.text_encoder, prompts, guidance_scale, num_inference_steps,
+                        generator=generator, threshold=threshold, show_progress=show_progress)
 
     def save_pretrained(self, folder: Path | str, metrics: dict | None = None, history: dict | None = None,
                         recipe: T2IRecipe | None = None) -> Path:

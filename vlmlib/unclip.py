@@ -21,6 +21,10 @@ which a model conditioned on text alone cannot do. The embeddings are chapter 2'
 weights are stored with the decoder, so the shipped decoder always reads the embeddings it was
 trained on. The 64-dimensional embedding is diffused as a (B, 64, 1, 1) tensor, so chapter 5's DDIM
 step applies unchanged, scaled by √64 so its entries have unit variance like an image's pixels.
+
+The priors' training and the seeded decoding can go through the artifact cache, keyed by everything
+that determines the result: :func:`build_prior`, :func:`build_regression_prior`,
+:func:`decode_cached` and :func:`generate_cached`.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ import torch.nn.functional as F
 
 from . import checks
 from . import diffusion as D
-from .text2image import T2IConfig, build_cond_unet, scenes
+from .cache import Artifact, cached
+from .text2image import T2IConfig, _own_random_state, build_cond_unet, scenes
 
 #: Extra context tokens made from the CLIP image embedding (the paper uses four).
 CONTEXT_TOKENS = 4
@@ -403,3 +408,147 @@ def decoder_scores(decoder: Decoder, clip_model, n: int = 200, guidance: float =
         out[f"redraw_{split}"] = s["faithful"]
         out[f"redraw_{split}_valid"] = s["valid"]
     return out
+
+
+# -- through the artifact cache ---------------------------------------------------------------------
+#: Bumped whenever training a prior, :func:`sample_prior`, :func:`decode` or :func:`generate` changes
+#: what it makes, so that cached priors and images are made again.
+CACHE_VERSION = 1
+
+
+def _tensor_sha256(x: torch.Tensor) -> str:
+    """The SHA-256 of a tensor's dtype, shape and values (what a set of images was drawn from)."""
+    x = x.detach().cpu().contiguous()
+    return hashlib.sha256(f"{x.dtype}:{tuple(x.shape)}:".encode() + x.numpy().tobytes()).hexdigest()
+
+
+def _clip_key(clip_model) -> dict:
+    if not isinstance(clip_model, nn.Module):
+        raise TypeError(f"clip_model must be chapter 2's CLIP, got {type(clip_model).__name__}")
+    return {"weights_sha256": D.weights_sha256(clip_model), "device": next(clip_model.parameters()).device.type}
+
+
+def build_prior(clip_model, config: PriorConfig | None = None, verbose: bool = True) -> tuple[DiffusionPrior, Artifact]:
+    """The diffusion prior that :func:`train_prior` trains for ``config`` on ``clip_model``'s
+    embeddings of :func:`prior_training_pairs`: from the artifact cache, or trained now and stored.
+
+    Keyed by the config, the SHA-256 of the CLIP's weights, its device type and :data:`CACHE_VERSION`;
+    the metrics hold ``train_seconds`` (measured when it was trained), the history the loss. The
+    global random state is left as it was, whether the prior is trained or loaded.
+    """
+    config = config if config is not None else PriorConfig()
+    if not isinstance(config, PriorConfig):
+        raise TypeError(f"config must be a PriorConfig, got {type(config).__name__}")
+    key = {"prior": config.to_dict(), "clip": _clip_key(clip_model), "version": CACHE_VERSION}
+
+    def build() -> Artifact:
+        model, history, seconds = train_prior(clip_model, config)
+        return Artifact("unclip-prior", key, dict(model.state_dict()), {"train_seconds": seconds},
+                        {"loss": history["loss"]})
+
+    with _own_random_state(torch.device("cpu")):
+        art = cached("unclip-prior", key, build, verbose=verbose)
+        prior = DiffusionPrior(config)
+    prior.load_state_dict(art.state_dict)
+    return prior.eval(), art
+
+
+def build_regression_prior(clip_model, steps: int = 800, n_train: int = 20_000, seed: int = 0, world_seed: int = 0,
+                           verbose: bool = True) -> tuple[RegressionPrior, Artifact]:
+    """The regression prior that :func:`train_regression_prior` trains for ``steps`` (and ``seed``)
+    on :func:`prior_training_pairs` ``(clip_model, n_train, seed, world_seed)``: from the artifact
+    cache, or trained now and stored; keyed as :func:`build_prior` (``train_seconds``: the training
+    alone, as :func:`train_prior` times it)."""
+    steps = checks.integer(steps, "steps", minimum=1)
+    n_train = checks.integer(n_train, "n_train", minimum=1)
+    seed = checks.integer(seed, "seed", minimum=0)
+    world_seed = checks.integer(world_seed, "world_seed", minimum=0)
+    key = {"steps": steps, "n_train": n_train, "seed": seed, "world_seed": world_seed, "clip": _clip_key(clip_model),
+           "version": CACHE_VERSION}
+
+    def build() -> Artifact:
+        data = prior_training_pairs(clip_model, n_train, seed, world_seed)
+        start = time.perf_counter()
+        model, history = train_regression_prior(data, steps, seed)
+        return Artifact("unclip-regression-prior", key, dict(model.state_dict()),
+                        {"train_seconds": time.perf_counter() - start}, {"loss": history["loss"]})
+
+    with _own_random_state(torch.device("cpu")):
+        art = cached("unclip-regression-prior", key, build, verbose=verbose)
+        width, embed_dim = art.state_dict["net.0.weight"].shape
+        model = RegressionPrior(embed_dim, width)
+    model.load_state_dict(art.state_dict)
+    return model.eval(), art
+
+
+def _samples(key: dict, make, verbose: bool, what: str) -> dict:
+    """``make()``'s images through the cache under ``key``: ``{"images", "seconds", "from_cache"}``."""
+    def build() -> Artifact:
+        start = time.perf_counter()
+        images = make()
+        return Artifact("unclip-samples", key, {"images": images.float().contiguous()},
+                        {"seconds": time.perf_counter() - start})
+
+    art = cached("unclip-samples", key, build, verbose=False)
+    if verbose and art.from_cache:
+        print(f"{what} (loaded from the cache)")
+    return {"images": art.state_dict["images"], "seconds": art.metrics["seconds"], "from_cache": art.from_cache}
+
+
+def _decoder_key(decoder: Decoder) -> dict:
+    if not isinstance(decoder, Decoder):
+        raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
+    return {"config": decoder.config.to_dict(), "embed_dim": decoder.embed_dim,
+            "weights_sha256": D.weights_sha256(decoder), "device": next(decoder.parameters()).device.type}
+
+
+def decode_cached(model: Decoder, z: torch.Tensor, guidance: float = 3.0, steps: int = 20, seed: int | None = None,
+                  noise: torch.Tensor | None = None, threshold: str = "static", verbose: bool = True) -> dict:
+    """:func:`decode` through the artifact cache (as :func:`vlmlib.diffusion.sample_cached`), with its
+    starting noise drawn from ``seed`` or given as ``noise`` (exactly one of the two).
+
+    Keyed by the decoder's config and the SHA-256 of its weights, that of ``z`` (and of ``noise``), the
+    guidance, the steps, the threshold, the seed, the device type and :data:`CACHE_VERSION`. Returns
+    ``{"images": (N, 3, 32, 32), "seconds": decoding time when they were drawn, "from_cache": bool}``.
+    """
+    key = {"decoder": _decoder_key(model)}
+    if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != model.embed_dim:
+        raise ValueError(f"z must be image embeddings (N, {model.embed_dim})")
+    if (seed is None) == (noise is None):
+        raise ValueError("give a seed or the noise (exactly one): cached images are drawn from a known noise")
+    if seed is not None:
+        seed = checks.integer(seed, "seed", minimum=0)
+    elif not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise must be a tensor, got {type(noise).__name__}")
+    key.update({"z_sha256": _tensor_sha256(z), "guidance": checks.number(guidance, "guidance", low=0.0),
+                "steps": checks.integer(steps, "steps", minimum=1, maximum=model.config.T),
+                "threshold": checks.choice(threshold, "threshold", D.THRESHOLDS), "seed": seed,
+                "noise_sha256": None if noise is None else _tensor_sha256(noise), "version": CACHE_VERSION,
+                "sampler_version": D.SAMPLER_VERSION})
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return _samples(key, lambda: decode(model, z, key["guidance"], key["steps"], generator, noise, key["threshold"]),
+                    verbose, f"{len(z)} images decoded")
+
+
+def generate_cached(prompts: Sequence[str], prior, decoder: Decoder, clip_model, guidance: float = 3.0,
+                    steps: int = 20, seed: int = 0, verbose: bool = True) -> dict:
+    """:func:`generate` through the artifact cache: keyed by the prompts, the prior's kind and the
+    SHA-256 of its weights, the decoder's and the CLIP's (:func:`decode_cached`), the guidance, the
+    steps, the seed and :data:`CACHE_VERSION`. Returns ``{"images", "seconds", "from_cache"}``."""
+    prompts = [prompts] if isinstance(prompts, str) else checks.text_list(prompts, "prompts")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    if prior is None:
+        prior_key = None
+    elif isinstance(prior, (DiffusionPrior, RegressionPrior)):
+        prior_key = {"kind": type(prior).__name__, "weights_sha256": D.weights_sha256(prior),
+                     "config": prior.config.to_dict() if isinstance(prior, DiffusionPrior) else None}
+    else:
+        raise TypeError(f"prior must be a DiffusionPrior, a RegressionPrior or None, got {type(prior).__name__}")
+    key = {"prompts": prompts, "prior": prior_key, "decoder": _decoder_key(decoder), "clip": _clip_key(clip_model),
+           "guidance": checks.number(guidance, "guidance", low=0.0),
+           "steps": checks.integer(steps, "steps", minimum=1, maximum=decoder.config.T),
+           "seed": checks.integer(seed, "seed", minimum=0), "version": CACHE_VERSION,
+           "sampler_version": D.SAMPLER_VERSION}
+    return _samples(key, lambda: generate(prompts, prior, decoder, clip_model, key["guidance"], key["steps"], seed),
+                    verbose, f"{len(prompts)} images through unCLIP")
