@@ -86,6 +86,26 @@ def test_dpo_raises_the_chosen_answer_against_the_reference(model):
         LT.train_dpo(model, reference, images, prompts[:2], chosen, rejected)
 
 
+def test_dpo_with_an_sft_term_adds_the_chosen_answers_mean_token_loss(model):
+    """sft_weight adds weight × (the chosen answers' next-token loss): the first step's loss (policy =
+    reference, so the DPO part is log 2) equals log 2 + weight × the LM's own loss on the chosen."""
+    import copy
+    import math
+
+    images, prompts, chosen, rejected, _ = LT.preference_data(4, seed=7)
+    model.eval()
+    history, _ = LT.train_dpo(copy.deepcopy(model), copy.deepcopy(model), images, prompts, chosen, rejected,
+                              steps=1, batch_size=4, lr=1e-9, sft_weight=2.0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(4, (4,), generator=g)                  # the rows train_dpo's first batch draws
+    rows = apply_template([LT.conversation(prompts[i], chosen[i]) for i in idx.tolist()], model.n_patches)
+    with torch.no_grad():
+        nll = model(images[idx], rows["input_ids"], rows["attention_mask"], labels=rows["labels"]).loss.item()
+    assert history["loss"][0] == pytest.approx(math.log(2) + 2.0 * nll, rel=1e-4)
+    with pytest.raises(ValueError, match="sft_weight"):
+        LT.train_dpo(model, copy.deepcopy(model), images, prompts, chosen, rejected, steps=1, sft_weight=-1)
+
+
 def test_a_saved_model_loads_with_the_same_answers_and_checks_its_checksum(model, tmp_path):
     images, convs, items, _ = LT.instruction_data(8, seed=5)
     LT.train_stage(model, LT.StageRecipe(stage=2, steps=2, batch_size=4), images, convs)
@@ -154,3 +174,53 @@ def test_dialogues_ask_several_questions_and_learn_every_answer(model):
     assert int((batch["input_ids"][0] == IMAGE_ID).sum()) == model.n_patches          # the image once
     history, _ = LT.train_stage(model, LT.StageRecipe(stage=2, steps=1, batch_size=2), images, convs)
     assert len(history["loss"]) == 1
+
+
+def _shipped(name):
+    folder = LT.llava_folder().with_name(name)
+    if not (folder / "record.json").exists():
+        pytest.skip(f"{name} is not shipped")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["llava-shapes", "llava-shapes-dpo"])
+def test_the_shipped_models_answer_their_recorded_check(name):
+    """Re-ask the check's held-out questions (greedy, so deterministic up to float rounding)."""
+    from tools.train_llava import check
+
+    torch.set_num_threads(1)
+    model, record = LT.load_llava(_shipped(name))
+    now = check(model)
+    assert now["n"] == record["check"]["n"]
+    assert abs(now["accuracy"] - record["check"]["accuracy"]) <= 2 / now["n"], (now, record["check"])
+
+
+def test_the_shipped_record_holds_every_comparison_and_the_blind_lm_is_far_below():
+    """Issue 12's table: every run scored per question type on both splits; looking at the image pays."""
+    record = LT.load_llava(_shipped("llava-shapes"))[1]
+    runs = record["runs"]
+    assert set(runs) == {"stages 1 + 2", "blind LM (stage 2, no images)", "stage 1 only", "stage 2 only",
+                         "linear projector, stages 1 + 2"}
+    for scores in runs.values():
+        for split in ("test", "holdout"):
+            acc = scores["accuracy"][split]
+            assert {"colour", "kind", "position", "count", "all"} <= set(acc) and all(0 <= v <= 1 for v in acc.values())
+    model_all = runs["stages 1 + 2"]["accuracy"]["test"]["all"]
+    assert model_all - runs["blind LM (stage 2, no images)"]["accuracy"]["test"]["all"] >= 0.10
+    assert 0 <= runs["stages 1 + 2"]["captions_after_stage1"]["chair_i"] <= 1
+    dpo = record["dpo"]
+    assert {"describe_before", "describe_after", "accuracy_after"} <= set(dpo)
+    assert LT.load_llava(_shipped("llava-shapes-dpo"))[1]["dpo"] == dpo
+
+
+def test_the_shipped_fewshot_model_repeats_its_check_and_starts_from_the_chapters_model():
+    from tools.train_fewshot import check
+
+    torch.set_num_threads(1)
+    model, record = LT.load_llava(_shipped("llava-shapes-fewshot"))
+    assert record["base_weights_sha256"] == LT.load_llava(_shipped("llava-shapes"))[1]["weights_sha256"]
+    now = check(model)
+    for key in ("follows", "exact"):
+        assert abs(now[key] - record["check"][key]) <= 2 / now["n"], (key, now, record["check"])
+    for when in ("before", "after"):
+        assert set(record[when]["held_out_styles"]) == {"colour position", "kind size", "position colour"}

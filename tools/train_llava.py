@@ -41,12 +41,32 @@ def check(model) -> dict:
     return {"n": CHECK_N, "accuracy": LT.accuracy_by_type(model, images, items)["all"]}
 
 
+def preference_tuning(model, recipe, n_describe: int, n_eval: int):
+    """DPO on a copy of ``model`` (the frozen reference is another copy): ``(scores, tuned, history)``,
+    the scores holding hallucination before and after and the answers' accuracy after."""
+    before = LT.describe_scores(model, n=n_describe)
+    reference = copy.deepcopy(model).eval()
+    tuned = copy.deepcopy(model)
+    images, prompts, chosen, rejected, _ = LT.preference_data(recipe.n_pairs, seed=recipe.seed + 3)
+    history, seconds = LT.train_dpo(tuned, reference, images, prompts, chosen, rejected, steps=recipe.dpo_steps,
+                                    lr=recipe.dpo_lr, beta=recipe.dpo_beta, seed=recipe.seed,
+                                    sft_weight=recipe.dpo_sft_weight)
+    after = LT.describe_scores(tuned, n=n_describe)
+    dpo = {"seconds": seconds, "describe_before": before, "describe_after": after,
+           "accuracy_after": LT.evaluate_llava(tuned, n=n_eval)}
+    print("DPO", json.dumps(dpo), flush=True)
+    return dpo, tuned, {"dpo_loss": history["loss"], "dpo_margin": history["margin"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="folder for llava-shapes (the DPO copy goes beside it)")
     parser.add_argument("--rescore", action="store_true", help="re-measure the stored checks, train nothing")
     parser.add_argument("--no-compare", action="store_true", help="skip the comparison runs")
     parser.add_argument("--stage2-steps", type=int, default=None, help="override the recipe (for trials)")
+    parser.add_argument("--dpo-only", action="store_true",
+                        help="redo only the preference tuning, from the stored model, with the current recipe's "
+                             "DPO settings (the stored runs are kept)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: tiny data, two steps per stage, small scoring sets")
     args = parser.parse_args()
@@ -57,6 +77,17 @@ def main() -> None:
         for folder in (main_folder, dpo_folder):
             model, record = LT.load_llava(folder)
             print(folder.name, {"stored": record["check"], "now": check(model)})
+        return
+    if args.dpo_only:
+        model, stored = LT.load_llava(main_folder)
+        recipe = LT.LlavaRecipe(**{**stored["recipe"], **{k: v for k, v in LT.LlavaRecipe().to_dict().items()
+                                                         if k.startswith("dpo_")}})
+        n_describe, n_eval = (8, 12) if args.quick else (200, 300)
+        dpo, tuned, dpo_history = preference_tuning(model, recipe, n_describe, n_eval)
+        common = {"recipe": recipe.to_dict(), "runs": stored["runs"], "dpo": dpo, "seconds": stored["seconds"]}
+        LT.save_llava(model, {**common, "check": stored["check"], "history": stored["history"]}, main_folder)
+        LT.save_llava(tuned, {**common, "check": check(tuned), "history": dpo_history}, dpo_folder)
+        print(f"saved {dpo_folder}")
         return
     sizes = dict(n_captions=64, n_instructions=64, stage1_steps=2, stage2_steps=2, batch_size=8, n_pairs=16,
                  dpo_steps=2) if args.quick else {}
@@ -94,22 +125,10 @@ def main() -> None:
         run("stage 1 only", (1,))
         run("stage 2 only", (2,))
         run("linear projector, stages 1 + 2", (1, 2), projector="linear")
-    before = LT.describe_scores(model, n=n_describe)
-    reference = copy.deepcopy(model).eval()
-    tuned = copy.deepcopy(model)
-    images, prompts, chosen, rejected, _ = LT.preference_data(recipe.n_pairs, seed=recipe.seed + 3)
-    dpo_history, dpo_seconds = LT.train_dpo(tuned, reference, images, prompts, chosen, rejected,
-                                            steps=recipe.dpo_steps, lr=recipe.dpo_lr, beta=recipe.dpo_beta,
-                                            seed=recipe.seed)
-    after = LT.describe_scores(tuned, n=n_describe)
-    dpo = {"seconds": dpo_seconds, "describe_before": before, "describe_after": after,
-           "accuracy_after": LT.evaluate_llava(tuned, n=n_eval)}
-    print("DPO", json.dumps(dpo), flush=True)
+    dpo, tuned, dpo_history = preference_tuning(model, recipe, n_describe, n_eval)
     common = {"recipe": recipe.to_dict(), "runs": runs, "dpo": dpo, "seconds": time.perf_counter() - start}
     LT.save_llava(model, {**common, "check": check(model), "history": kept["histories"]}, main_folder)
-    LT.save_llava(tuned, {**common, "check": check(tuned), "history": {"dpo_loss": dpo_history["loss"],
-                                                                       "dpo_margin": dpo_history["margin"]}},
-                  dpo_folder)
+    LT.save_llava(tuned, {**common, "check": check(tuned), "history": dpo_history}, dpo_folder)
     print(f"saved {main_folder} and {dpo_folder} in {time.perf_counter() - start:.0f} s")
 
 

@@ -405,7 +405,7 @@ def llava_tokenizer():
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
                                   pad_token=base.pad_token, unk_token=base.unk_token, bos_token=base.bos_token,
                                   eos_token=base.eos_token, mask_token=base.mask_token,
-                                  additional_special_tokens=[IMAGE], model_max_length=base.model_max_length)
+                                  additional_special_tokens=[IMAGE], model_max_length=256)
     tok.chat_template = CHAT_TEMPLATE
     return tok
 

@@ -23,7 +23,7 @@ import torch
 
 from . import checks
 from .instructions import QUESTION_TYPES, Instruction, instructions
-from .llava import LlavaModel, apply_template, conversation, freeze_for_stage, llava_tokenizer
+from .llava import IGNORE_INDEX, LlavaModel, apply_template, conversation, freeze_for_stage, llava_tokenizer
 from .shapesworld import ShapesWorld, caption
 from .tokenizer import IMAGE
 
@@ -251,10 +251,14 @@ def preference_data(n: int, split: str = "train", seed: int = 0, world_seed: int
 
 def train_dpo(model: LlavaModel, reference: LlavaModel, images: torch.Tensor, prompts: Sequence[str],
               chosen: Sequence[str], rejected: Sequence[str], steps: int = 200, batch_size: int = 16,
-              lr: float = 1e-4, beta: float = 0.1, seed: int = 0, desc: str = "DPO"):
+              lr: float = 1e-4, beta: float = 0.1, seed: int = 0, desc: str = "DPO", sft_weight: float = 0.0):
     """Tune ``model`` with DPO against the frozen ``reference`` (a copy of the model before tuning);
     the projector and the LM train, as in stage 2. Returns ``(history, seconds)``; the history holds
-    the loss and the reward margin β·[(log π/π_ref)(chosen) − (log π/π_ref)(rejected)]."""
+    the loss and the reward margin β·[(log π/π_ref)(chosen) − (log π/π_ref)(rejected)].
+
+    ``sft_weight`` > 0 adds that much of the ordinary next-token loss on the chosen answers (mean
+    over their tokens): DPO alone only asks that the chosen answer gain on the rejected one, which it
+    can also do by lowering both; the added term keeps the faithful answers likely."""
     from .llava import dpo_loss, sequence_logps
     from .training import train
 
@@ -266,6 +270,7 @@ def train_dpo(model: LlavaModel, reference: LlavaModel, images: torch.Tensor, pr
     if not (len(prompts) == len(chosen) == len(rejected) == len(images)):
         raise ValueError("images, prompts, chosen and rejected must have one entry per pair")
     beta = checks.number(beta, "beta", low=0.0, low_open=True)
+    sft_weight = checks.number(sft_weight, "sft_weight", low=0.0)
     freeze_for_stage(model, 2)
     reference.eval().requires_grad_(False)
     device = next(model.projector.parameters()).device
@@ -291,6 +296,9 @@ def train_dpo(model: LlavaModel, reference: LlavaModel, images: torch.Tensor, pr
         pol = sequence_logps(logits, labels[rows, :width]).view(2, -1)
         loss = dpo_loss(pol[0], pol[1], ref[0, idx], ref[1, idx], beta)
         margin = beta * ((pol[0] - ref[0, idx]) - (pol[1] - ref[1, idx])).mean()
+        if sft_weight:
+            chosen_tokens = (labels[idx, 1:width] != IGNORE_INDEX).sum()
+            loss = loss - sft_weight * pol[0].sum() / chosen_tokens.clamp(min=1)
         return loss, {"margin": margin.item()}
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -317,6 +325,7 @@ class LlavaRecipe:
     dpo_steps: int = 300
     dpo_lr: float = 1e-4
     dpo_beta: float = 0.1
+    dpo_sft_weight: float = 0.0          # the chosen answers' next-token loss added to DPO's (train_dpo)
     seed: int = 0
 
     def __post_init__(self):
@@ -329,6 +338,7 @@ class LlavaRecipe:
             setattr(self, name, checks.integer(getattr(self, name), f"LlavaRecipe.{name}", minimum=0))
         for name in ("stage1_lr", "stage2_lr", "dpo_lr", "dpo_beta"):
             setattr(self, name, checks.number(getattr(self, name), f"LlavaRecipe.{name}", low=0.0, low_open=True))
+        self.dpo_sft_weight = checks.number(self.dpo_sft_weight, "LlavaRecipe.dpo_sft_weight", low=0.0)
 
     def stage(self, stage: int) -> StageRecipe:
         """The :class:`StageRecipe` of stage 1 or 2."""
