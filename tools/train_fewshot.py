@@ -1,6 +1,6 @@
 """Teach chapter 8's LLaVA to caption in a style shown in its prompt; store it and its scores.
 
-    python -m tools.train_fewshot             # vlmlib/weights/llava-shapes-fewshot/ (about 20 min on one core)
+    python -m tools.train_fewshot             # vlmlib/weights/llava-shapes-fewshot/ (about 15 min on one core)
     python -m tools.train_fewshot --rescore   # re-measure the stored check (what the tests repeat)
 
 Starts from the chapter's model (``llava-shapes``, made by ``python -m tools.train_llava``) and
