@@ -139,7 +139,7 @@ def show_images(images, captions: Sequence[str] | None = None, ncols: int = 8, s
 
 
 def show_conversations(images, dialogues: Sequence[Sequence[tuple]], ncols: int = 2, size: float = 1.7,
-                       wrap: int = 42, title: str | None = None):
+                       wrap: int = 42, title: str | None = None, fontsize: float = 9.0):
     """Draw each image with its conversation beside it. Returns the figure.
 
     ``dialogues[i]`` is a list of turns about image i, each ``(question, answer)`` or
@@ -162,9 +162,12 @@ def show_conversations(images, dialogues: Sequence[Sequence[tuple]], ncols: int 
     ncols = min(checks.integer(ncols, "ncols", minimum=1), len(images))
     size = checks.number(size, "size", low=0.0, low_open=True)
     wrap = checks.integer(wrap, "wrap", minimum=8)
+    fontsize = checks.number(fontsize, "fontsize", low=0.0, low_open=True)
     nrows = (len(images) + ncols - 1) // ncols
-    text_w = size * 2.6
-    fig = plt.figure(figsize=((size + text_w) * ncols, size * 1.15 * nrows + (0.4 if title else 0)))
+    text_w = max(size * 2.6, wrap * fontsize * 0.55 / 72)       # room for a wrapped line
+    height = size * 1.15
+    step = fontsize * 1.3 / 72 / height                          # one line, as a fraction of the panel
+    fig = plt.figure(figsize=((size + text_w) * ncols, height * nrows + (0.4 if title else 0)))
     grid = fig.add_gridspec(nrows, 2 * ncols, width_ratios=[size, text_w] * ncols)
     for i, (image, turns) in enumerate(zip(images, dialogues)):
         r, c = divmod(i, ncols)
@@ -178,13 +181,13 @@ def show_conversations(images, dialogues: Sequence[Sequence[tuple]], ncols: int 
             q, a = turn[:2]
             right = turn[2] if len(turn) == 3 else None
             lines = textwrap.wrap("Q: " + q, wrap)
-            tx.text(0.0, y, "\n".join(lines), va="top", fontsize=8, transform=tx.transAxes)
-            y -= 0.105 * len(lines)
+            tx.text(0.0, y, "\n".join(lines), va="top", fontsize=fontsize, transform=tx.transAxes)
+            y -= step * len(lines)
             mark, colour = ("", "black") if right is None else (("✓ ", "tab:green") if right is True else ("✗ ", "tab:red"))
             answer = mark + "A: " + a + (f"  (right: {right})" if isinstance(right, str) else "")
             lines = textwrap.wrap(answer, wrap)
-            tx.text(0.0, y, "\n".join(lines), va="top", fontsize=8, color=colour, transform=tx.transAxes)
-            y -= 0.105 * len(lines) + 0.04
+            tx.text(0.0, y, "\n".join(lines), va="top", fontsize=fontsize, color=colour, transform=tx.transAxes)
+            y -= step * len(lines) + step / 3
     if title:
         fig.suptitle(title)
     fig.tight_layout()
