@@ -476,6 +476,20 @@ def train_text2image(config: T2IConfig, recipe: T2IRecipe, encoder: FrozenTextEn
 
 
 # -- sampling ---------------------------------------------------------------------------------------
+def _check_sampling(model, encoder, prompts) -> list[str]:
+    """Check what sampling needs (a TextToImage, the encoder it was trained with, at least one
+    prompt); return the prompts as a list."""
+    if not isinstance(model, TextToImage):
+        raise TypeError(f"model must be a TextToImage, got {type(model).__name__}")
+    if not isinstance(encoder, FrozenTextEncoder) or encoder.kind != model.config.encoder:
+        raise ValueError(f"encoder must be the FrozenTextEncoder of kind {model.config.encoder!r} "
+                         "that the model was trained with")
+    prompts = [prompts] if isinstance(prompts, str) else checks.text_list(prompts, "prompts")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    return prompts
+
+
 @torch.no_grad()
 def generate(model: TextToImage, encoder: FrozenTextEncoder, prompts: Sequence[str], guidance: float = 3.0,
              steps: int = 20, sampler: str = "ddim", generator: torch.Generator | None = None,
@@ -487,14 +501,7 @@ def generate(model: TextToImage, encoder: FrozenTextEncoder, prompts: Sequence[s
     ``diffusers``' ``guidance_scale`` and Imagen's w; Ho & Salimans' w′ = w − 1. ``threshold`` is
     ``"static"`` or ``"dynamic"`` (:func:`vlmlib.diffusion.threshold_x0`).
     """
-    if not isinstance(model, TextToImage):
-        raise TypeError(f"model must be a TextToImage, got {type(model).__name__}")
-    if not isinstance(encoder, FrozenTextEncoder) or encoder.kind != model.config.encoder:
-        raise ValueError(f"encoder must be the FrozenTextEncoder of kind {model.config.encoder!r} "
-                         "that the model was trained with")
-    prompts = [prompts] if isinstance(prompts, str) else checks.text_list(prompts, "prompts")
-    if not prompts:
-        raise ValueError("prompts is empty: give at least one prompt")
+    prompts = _check_sampling(model, encoder, prompts)
     guidance = checks.number(guidance, "guidance", low=0.0)
     batch_size = checks.integer(batch_size, "batch_size", minimum=1)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -594,14 +601,7 @@ def generate_cached(model: TextToImage, encoder: FrozenTextEncoder, prompts: Seq
     times it); later calls load the same images. Returns ``{"images": (N, 3, 32, 32), "seconds":
     sampling time when they were drawn, "from_cache": bool}``.
     """
-    if not isinstance(model, TextToImage):
-        raise TypeError(f"model must be a TextToImage, got {type(model).__name__}")
-    if not isinstance(encoder, FrozenTextEncoder) or encoder.kind != model.config.encoder:
-        raise ValueError(f"encoder must be the FrozenTextEncoder of kind {model.config.encoder!r} "
-                         "that the model was trained with")
-    prompts = [prompts] if isinstance(prompts, str) else checks.text_list(prompts, "prompts")
-    if not prompts:
-        raise ValueError("prompts is empty: give at least one prompt")
+    prompts = _check_sampling(model, encoder, prompts)
     steps = checks.integer(steps, "steps", minimum=1, maximum=model.config.T)
     key = {"model": model.config.to_dict(), "weights_sha256": D.weights_sha256(model),
            "encoder": _encoder_key(encoder), "prompts": prompts,
