@@ -613,18 +613,12 @@ def generate_cached(model: TextToImage, encoder: FrozenTextEncoder, prompts: Seq
            "seed": checks.integer(seed, "seed", minimum=0), "device": next(model.parameters()).device.type,
            "version": CACHE_VERSION, "sampler_version": D.SAMPLER_VERSION}
 
-    def build() -> Artifact:
-        start = time.perf_counter()
-        images = generate(model, encoder, prompts, key["guidance"], key["steps"], key["sampler"],
-                          torch.Generator().manual_seed(key["seed"]), key["threshold"], key["percentile"],
-                          batch_size=key["batch_size"], show_progress=show_progress)
-        return Artifact("t2i-samples", key, {"images": images.float().contiguous()},
-                        {"seconds": time.perf_counter() - start})
-
-    art = cached("t2i-samples", key, build, verbose=False)
-    if verbose and art.from_cache:
-        print(f"{len(prompts)} images, w = {key['guidance']:g}, {key['steps']} steps (loaded from the cache)")
-    return {"images": art.state_dict["images"], "seconds": art.metrics["seconds"], "from_cache": art.from_cache}
+    return D.cached_images(
+        "t2i-samples", key,
+        lambda: generate(model, encoder, prompts, key["guidance"], key["steps"], key["sampler"],
+                         torch.Generator().manual_seed(key["seed"]), key["threshold"], key["percentile"],
+                         batch_size=key["batch_size"], show_progress=show_progress),
+        verbose, f"{len(prompts)} images, w = {key['guidance']:g}, {key['steps']} steps")
 
 
 # -- saving and loading, the diffusers way ----------------------------------------------------------

@@ -481,20 +481,6 @@ def build_regression_prior(clip_model, steps: int = 800, n_train: int = 20_000, 
     return model.eval(), art
 
 
-def _samples(key: dict, make, verbose: bool, what: str) -> dict:
-    """``make()``'s images through the cache under ``key``: ``{"images", "seconds", "from_cache"}``."""
-    def build() -> Artifact:
-        start = time.perf_counter()
-        images = make()
-        return Artifact("unclip-samples", key, {"images": images.float().contiguous()},
-                        {"seconds": time.perf_counter() - start})
-
-    art = cached("unclip-samples", key, build, verbose=False)
-    if verbose and art.from_cache:
-        print(f"{what} (loaded from the cache)")
-    return {"images": art.state_dict["images"], "seconds": art.metrics["seconds"], "from_cache": art.from_cache}
-
-
 def _decoder_key(decoder: Decoder) -> dict:
     if not isinstance(decoder, Decoder):
         raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
@@ -526,8 +512,9 @@ def decode_cached(model: Decoder, z: torch.Tensor, guidance: float = 3.0, steps:
                 "noise_sha256": None if noise is None else _tensor_sha256(noise), "version": CACHE_VERSION,
                 "sampler_version": D.SAMPLER_VERSION})
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return _samples(key, lambda: decode(model, z, key["guidance"], key["steps"], generator, noise, key["threshold"]),
-                    verbose, f"{len(z)} images decoded")
+    return D.cached_images("unclip-samples", key,
+                           lambda: decode(model, z, key["guidance"], key["steps"], generator, noise, key["threshold"]),
+                           verbose, f"{len(z)} images decoded")
 
 
 def generate_cached(prompts: Sequence[str], prior, decoder: Decoder, clip_model, guidance: float = 3.0,
@@ -550,5 +537,6 @@ def generate_cached(prompts: Sequence[str], prior, decoder: Decoder, clip_model,
            "steps": checks.integer(steps, "steps", minimum=1, maximum=decoder.config.T),
            "seed": checks.integer(seed, "seed", minimum=0), "version": CACHE_VERSION,
            "sampler_version": D.SAMPLER_VERSION}
-    return _samples(key, lambda: generate(prompts, prior, decoder, clip_model, key["guidance"], key["steps"], seed),
-                    verbose, f"{len(prompts)} images through unCLIP")
+    return D.cached_images("unclip-samples", key,
+                           lambda: generate(prompts, prior, decoder, clip_model, key["guidance"], key["steps"], seed),
+                           verbose, f"{len(prompts)} images through unCLIP")

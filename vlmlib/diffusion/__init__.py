@@ -35,7 +35,7 @@ from .checkpoints import (CHECKPOINT_NAME, build_diffusion, checkpoint_folder, d
                           load_checkpoint, load_diffusion, save_checkpoint)
 from .models import (LABEL_EMBEDDINGS, NUM_CLASSES, Denoiser, DiffusionConfig, build_unet, class_labels,
                      to_image_space, to_model_space)
-from .sampling import (SAMPLER_VERSION, THRESHOLDS, denoise_loop, guide, sample, sample_cached, threshold_x0,
+from .sampling import (SAMPLER_VERSION, THRESHOLDS, cached_images, denoise_loop, guide, sample, sample_cached, threshold_x0,
                        weights_sha256)
 from .schedules import (PREDICTION_TYPES, SAMPLERS, SCHEDULES, Schedule, _as_alpha_bar, _bcast, _check_images,
                         _check_step, _check_t, _cosine_alpha_bar, _describe, ddim_step, ddpm_reverse_step,

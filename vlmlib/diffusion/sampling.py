@@ -209,3 +209,19 @@ def sample_cached(model: Denoiser, n: int, steps: int = 25, sampler: str = "ddim
     if return_path:
         result["path"] = art.state_dict["path"].float() / 255
     return result
+
+
+def cached_images(name: str, key: dict, make: Callable[[], torch.Tensor], verbose: bool = True,
+                  what: str = "images") -> dict:
+    """``make()``'s images through the artifact cache as ``name`` under ``key`` (which must hold
+    everything that determines them): ``{"images", "seconds": time to make them when they were
+    made, "from_cache"}``. Used by the text-to-image and unCLIP samplers of chapter 6."""
+    def build() -> Artifact:
+        start = time.perf_counter()
+        images = make()
+        return Artifact(name, key, {"images": images.float().contiguous()}, {"seconds": time.perf_counter() - start})
+
+    art = cached(name, key, build, verbose=False)
+    if verbose and art.from_cache:
+        print(f"{what} (loaded from the cache)")
+    return {"images": art.state_dict["images"], "seconds": art.metrics["seconds"], "from_cache": art.from_cache}
