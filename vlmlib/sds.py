@@ -37,6 +37,7 @@ from .shapesworld import COLOUR_NAMES, KINDS, POSITION_PHRASES, SIZES
 VIEWS = ("top", "front", "side")
 IMAGE_SIZE = 32                      # the text-to-image model's images
 GRID = 16                            # voxels per side; one voxel per pixel, the grid spans the centre 16 px
+DENSITY_NOISE = 0.1
 BACKGROUND = 0.12                    # ShapesWorld's dark background (its grey level is drawn from [0.04, 0.20])
 #: The classic demonstration and a second one: view-dependent prompts in the training captions' wording.
 DEMOS: dict[str, dict[str, str]] = {
@@ -60,6 +61,7 @@ class SDSConfig:
     t_range: tuple = (0.02, 0.98)        # t ~ U(t_min·T, t_max·T), as DreamFusion and stable-dreamfusion
     weighting: str = "1-alpha_bar"       # w(t) = 1 − ᾱ_t (stable-dreamfusion's choice) or "1"
     grid: int = GRID
+    resolution: int = 8                  # the parameters' grid, trilinearly upsampled to ``grid`` voxels
 
     def __post_init__(self):
         self.steps = checks.integer(self.steps, "steps", minimum=1)
@@ -73,6 +75,7 @@ class SDSConfig:
         self.t_range = (lo, hi)
         self.weighting = checks.choice(self.weighting, "weighting", WEIGHTINGS)
         self.grid = checks.integer(self.grid, "grid", minimum=2, maximum=IMAGE_SIZE)
+        self.resolution = checks.integer(self.resolution, "resolution", minimum=2, maximum=self.grid)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,9 +119,12 @@ class VoxelScene(nn.Module):
     noise drawn from ``seed``)."""
 
     def __init__(self, grid: int = GRID, image_size: int = IMAGE_SIZE, background: float = BACKGROUND,
-                 seed: int = 0, blob: float = 2.0, blob_radius: float = 0.4, noise: float = 0.5):
+                 seed: int = 0, resolution: int | None = None, blob: float = 2.0, blob_radius: float = 0.4,
+                 noise: float = 0.5):
         super().__init__()
         self.grid = checks.integer(grid, "grid", minimum=2)
+        self.resolution = self.grid if resolution is None else checks.integer(resolution, "resolution", minimum=2,
+                                                                               maximum=self.grid)
         self.image_size = checks.integer(image_size, "image_size", minimum=self.grid)
         self.background = checks.number(background, "background", low=0.0, high=1.0)
         seed = checks.integer(seed, "seed", minimum=0)
@@ -126,20 +132,29 @@ class VoxelScene(nn.Module):
         blob_radius = checks.number(blob_radius, "blob_radius", low=0.0, low_open=True)
         noise = checks.number(noise, "noise", low=0.0)
         g = torch.Generator().manual_seed(seed)
-        c = (torch.arange(grid) + 0.5) / grid * 2 - 1                       # voxel centres in [−1, 1]
+        n = self.resolution
+        c = (torch.arange(n) + 0.5) / n * 2 - 1                             # voxel centres in [−1, 1]
         h, d, w = torch.meshgrid(c, c, c, indexing="ij")
         r = (h ** 2 + d ** 2 + w ** 2).sqrt()
         density = blob * (1 - r / blob_radius) - 2.0                         # a blob, thin air elsewhere
-        self.density_logit = nn.Parameter(density + noise * torch.randn(density.shape, generator=g))
-        self.colour_logit = nn.Parameter(noise * torch.randn((3, grid, grid, grid), generator=g))
+        self.density_logit = nn.Parameter(density + DENSITY_NOISE * noise * torch.randn(density.shape, generator=g))
+        self.colour_logit = nn.Parameter(noise * torch.randn((3, n, n, n), generator=g))
+
+    def _full(self, x: torch.Tensor) -> torch.Tensor:
+        """A (C, r, r, r) or (r, r, r) field at the parameters' resolution, trilinearly upsampled to the grid."""
+        if self.resolution == self.grid:
+            return x
+        y = x if x.ndim == 4 else x[None]
+        y = F.interpolate(y[None], size=(self.grid,) * 3, mode="trilinear", align_corners=False)[0]
+        return y if x.ndim == 4 else y[0]
 
     def density(self) -> torch.Tensor:
         """σ (G, G, G), ≥ 0."""
-        return F.softplus(self.density_logit)
+        return F.softplus(self._full(self.density_logit))
 
     def colour(self) -> torch.Tensor:
         """c (3, G, G, G), in [0, 1]."""
-        return torch.sigmoid(self.colour_logit)
+        return torch.sigmoid(self._full(self.colour_logit))
 
     def render(self, view: str) -> torch.Tensor:
         """The image (3, 32, 32) in [0, 1] a camera looking from ``view`` (one of :data:`VIEWS`) sees."""
@@ -163,6 +178,8 @@ class VoxelScene(nn.Module):
         if rgb.shape != (3,) or not bool(((rgb > 0) & (rgb < 1)).all()):
             raise ValueError(f"colour must be three values in (0, 1), got {colour!r}")
         scene = cls(grid=occupied.shape[0], noise=0.0, **kwargs)
+        if scene.resolution != scene.grid:
+            raise ValueError("from_occupancy makes a scene at full resolution: leave resolution out")
         with torch.no_grad():
             scene.density_logit.copy_(torch.where(occupied.bool(), torch.tensor(density), torch.tensor(-20.0)))
             scene.colour_logit.copy_(torch.logit(rgb)[:, None, None, None].expand_as(scene.colour_logit))
@@ -331,7 +348,7 @@ def _check_prompts(prompts_by_view) -> dict[str, str]:
 
 def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0, guidance: float = 20.0,
              lr: float = 0.05, progress: bool = True, pipe=None, t_range: tuple = (0.02, 0.98),
-             weighting_kind: str = "1-alpha_bar", snapshots: int = 8) -> tuple[VoxelScene, dict]:
+             weighting_kind: str = "1-alpha_bar", resolution: int = 8, snapshots: int = 8) -> tuple[VoxelScene, dict]:
     """Score distillation of a :class:`VoxelScene` from view-dependent prompts.
 
     Each step renders every view of ``prompts_by_view``, draws one t ~ U(t_min·T, t_max·T) and one ε per
@@ -344,7 +361,8 @@ def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0
     from .plotting import progress as progress_bar
 
     prompts_by_view = _check_prompts(prompts_by_view)
-    config = SDSConfig(steps=steps, lr=lr, guidance=guidance, t_range=t_range, weighting=weighting_kind)
+    config = SDSConfig(steps=steps, lr=lr, guidance=guidance, t_range=t_range, weighting=weighting_kind,
+                       resolution=resolution)
     seed = checks.integer(seed, "seed", minimum=0)
     snapshots = checks.integer(snapshots, "snapshots", minimum=1)
     if not isinstance(progress, bool):
@@ -359,7 +377,7 @@ def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0
     T = len(alpha_bar)
     t_lo, t_hi = (min(max(round(f * T), 0), T - 1) for f in config.t_range)
     g = torch.Generator().manual_seed(seed)
-    scene = VoxelScene(grid=config.grid, seed=seed)
+    scene = VoxelScene(grid=config.grid, resolution=config.resolution, seed=seed)
     opt = torch.optim.Adam(scene.parameters(), lr=config.lr)
     frame_steps = sorted({round(i * config.steps / snapshots) for i in range(snapshots)} | {config.steps})
     history = {"t": [], "grad_norm": [], "frames": [], "frame_steps": frame_steps, "views": views}
