@@ -384,7 +384,7 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 class MotionConfig:
     """The motion denoiser and its diffusion process."""
 
-    width: int = 96
+    width: int = 64
     layers: int = 3
     heads: int = 4
     ff_mult: int = 2                          # the feed-forward layer is ff_mult × width wide
@@ -480,8 +480,8 @@ class MotionDenoiser(nn.Module):
 class MotionRecipe:
     """How the motion denoiser is trained (the cache key is made of this and the config)."""
 
-    steps: int = 3000
-    batch_size: int = 128
+    steps: int = 1000
+    batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup: float = 0.05
@@ -569,7 +569,7 @@ def train_motion(config: MotionConfig | None = None, recipe: MotionRecipe | None
 
 
 @torch.no_grad()
-def sample_motion(model: MotionDenoiser, instructions: Sequence[Instruction | str], guidance: float = 2.5,
+def sample_motion(model: MotionDenoiser, instructions: Sequence[Instruction | str], guidance: float = 1.0,
                   steps: int = 20, seed: int = 0, return_path: bool = False):
     """Trajectories (N, F, 2) in pixels for instructions (or sentences; "" is the empty one).
 
@@ -618,7 +618,7 @@ def sample_motion(model: MotionDenoiser, instructions: Sequence[Instruction | st
     return (out, torch.stack(path)) if return_path else out
 
 
-def evaluate_motion(model: MotionDenoiser, n: int = 300, guidance: float = 2.5, steps: int = 20,
+def evaluate_motion(model: MotionDenoiser, n: int = 300, guidance: float = 1.0, steps: int = 20,
                     seed: int = 0, splits: Sequence[str] = ("test", "held_out")) -> dict[str, dict[str, float]]:
     """:func:`motion_scores` of sampled trajectories for ``n`` instructions of each split
     (instructions drawn with ``seed`` + 1000, samples with ``seed``)."""
@@ -641,7 +641,7 @@ def build_motion(config: MotionConfig | None = None, recipe: MotionRecipe | None
     """The trained motion model for ``config`` and ``recipe``: from the artifact cache, or trained now.
 
     A fresh build also stores its training time and, in ``artifact.metrics``, the scores of
-    :func:`evaluate_motion` at guidance 2.5 ("test_all", "held_out_all", ...).
+    :func:`evaluate_motion` (guidance 1) ("test_all", "held_out_all", ...).
     """
     default_config, default_recipe = default_settings()
     config = config if config is not None else default_config

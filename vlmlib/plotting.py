@@ -3,7 +3,8 @@
 Introduced in notebook 00: :func:`show_images` draws a grid of images with captions,
 :func:`plot_curves` draws training curves, :func:`bar_chart` draws probabilities, and
 :func:`progress` is the progress bar used for any work longer than a few seconds.
-:func:`show_conversations` (chapter 8) draws images with questions and answers beside them.
+:func:`show_conversations` (chapter 8) draws images with questions and answers beside them, and
+:func:`video_animation` (chapter 7) plays videos side by side.
 """
 
 from __future__ import annotations
@@ -390,3 +391,61 @@ def animation_html(anim):
     html = anim.to_jshtml()
     html = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "", html)
     return HTML(html)
+
+
+def video_animation(videos, captions: Sequence[str] | None = None, paths=None, ncols: int = 4, size: float = 1.6,
+                    interval: int = 150):
+    """Videos as one animation that plays in the page (chapter 7): each a panel, all in step.
+
+    ``videos`` is one video (F, 3, H, W) or a batch (N, F, 3, H, W) (tensor or array, [0, 1]);
+    ``captions`` one string per video; ``paths`` optional trajectories (N, F, 2) (or (F, 2)) in
+    pixels, drawn as a white trail up to the current frame. ``interval`` is the time per frame in
+    milliseconds. Returns :func:`animation_html`'s HTML player.
+    """
+    from matplotlib import animation
+
+    videos = _numbers(videos, "videos")
+    if videos.ndim == 4:
+        videos = videos[None]
+    if videos.ndim != 5 or videos.shape[2] not in (1, 3) or 0 in videos.shape:
+        raise ValueError(f"videos must have shape (F, 3, H, W) or (N, F, 3, H, W), got {videos.shape}")
+    n, frames = videos.shape[:2]
+    if not np.isfinite(videos).all():
+        raise ValueError("videos hold NaN or infinite values")
+    if captions is not None:
+        captions = checks.text_list(captions, "captions", length=n)
+    if paths is not None:
+        paths = _numbers(paths, "paths")
+        paths = paths[None] if paths.ndim == 2 else paths
+        if paths.shape != (n, frames, 2):
+            raise ValueError(f"paths must have shape ({n}, {frames}, 2), one (x, y) per frame of each video, "
+                             f"got {paths.shape}")
+    ncols = min(checks.integer(ncols, "ncols", minimum=1), n)
+    size = checks.number(size, "size", low=0.0, low_open=True)
+    interval = checks.integer(interval, "interval", minimum=1)
+    nrows = (n + ncols - 1) // ncols
+    lines = max((len(textwrap.wrap(c, 22)) for c in captions), default=0) if captions else 0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.16 * lines) * nrows), squeeze=False)
+    shown, trails = [], []
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        shown.append(ax.imshow(to_display(videos[i, 0]), interpolation="nearest"))
+        if captions is not None:
+            ax.set_title("\n".join(textwrap.wrap(captions[i], 22)), fontsize=7)
+        if paths is not None:
+            trails.append(ax.plot(paths[i, :1, 0] - 0.5, paths[i, :1, 1] - 0.5, color="white", lw=1, alpha=0.8)[0])
+    fig.tight_layout()
+
+    def draw(f):
+        for i in range(n):
+            shown[i].set_data(to_display(videos[i, f]))
+            if paths is not None:        # imshow puts pixel centres at integers: pixel (x, y) is drawn at x − 0.5
+                trails[i].set_data(paths[i, :f + 1, 0] - 0.5, paths[i, :f + 1, 1] - 0.5)
+        return shown + trails
+
+    anim = animation.FuncAnimation(fig, draw, frames=frames, interval=interval, blit=False)
+    html = animation_html(anim)
+    plt.close(fig)
+    return html

@@ -74,8 +74,19 @@ def _motion_cases(rng: np.random.Generator) -> list[Case]:
                 wrong.append(("the two moves in the other order", reference_trajectory(swapped, rng)))
         name, path = wrong[k % len(wrong)]
         cases.append(Case((path, ins), description=f"{name}, for “{ins.text}”"))
+    turn = todo[2]                                          # two moves: waits at the start, then hurries
+    late = reference_trajectory(turn)
+    late = torch.cat([late[:1].expand(FRAMES // 2 + 1, 2), late[3::2]])               # frames 0–8 at the start
+    cases.append(Case((late, turn), description=f"a shape that waits at the start for half the time, then makes "
+                                                f"both moves (halfway it is not at the corner), for “{turn.text}”"))
+    short = reference_trajectory(turn)
+    short[FRAMES // 2:] = torch.tensor(cell_centre(turn.cells[1]))
+    cases.append(Case((short, turn), description=f"a shape that stops after the first move, for “{turn.text}”"))
     ins = todo[0]                                           # from the left cell, one move right
     good = reference_trajectory(ins, rng)
+    there_and_back = torch.cat([good.flip(0)[::2], good[1::2]])      # from the end cell to the start, then the move
+    cases.append(Case((there_and_back, ins), description=f"a motion that starts in the wrong cell (where it should "
+                                                         f"end), for “{ins.text}”"))
     cases.append(Case((_shifted(good, 0, cell), ins), description=f"the right move one row too low, for “{ins.text}”"))
     shaky = good + torch.from_numpy(rng.uniform(-0.8, 0.8, (FRAMES, 2))).float()
     cases.append(Case((shaky, ins), description=f"the motion asked for, a little shaky: “{ins.text}”"))
