@@ -26,6 +26,7 @@ def test_instructions_are_feasible_and_the_splits_keep_the_held_out_move_pairs_a
     turns = [m for m in seen if len(m) == 2 and m[0] != m[1]]
     for d in M.DIRECTIONS:                     # each direction is first and second in some training turn
         assert any(m[0] == d for m in turns) and any(m[1] == d for m in turns), d
+    assert all((b, a) in turns for a, b in M.HELD_OUT_MOVES)               # each held-out turn is seen reversed
     for split in M.SPLITS:
         todo = M.instructions(300, split, seed=1)
         assert todo == M.instructions(300, split, seed=1)                     # deterministic
