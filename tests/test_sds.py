@@ -76,6 +76,26 @@ def test_views_of_an_asymmetric_object_differ_as_the_cameras_say():
     rows, cols = (torch.nonzero(seen["side"]) - PAD).T
     assert rows.max() < 4 and cols.max() < 4                      # from the right: top, the front on the left
     assert not torch.equal(seen["top"], seen["front"])
+    seen = {v: _seen(scene.render(v)) for v in S.OPPOSITE.values()}
+    rows, cols = (torch.nonzero(seen["back"]) - PAD).T
+    assert rows.max() < 4 and cols.min() >= G - 4                # from behind, the left is on the right
+    rows, cols = (torch.nonzero(seen["bottom"]) - PAD).T
+    assert rows.max() < 4 and cols.max() < 4                      # from below (front up): front rows, left
+    rows, cols = (torch.nonzero(seen["left"]) - PAD).T
+    assert rows.max() < 4 and cols.min() >= G - 4                # from the left, the front is on the right
+
+
+def test_opposite_cameras_see_mirror_images_and_the_other_face():
+    g = torch.Generator().manual_seed(5)
+    occ = torch.rand(G, G, G, generator=g) < 0.05
+    scene = S.VoxelScene.from_occupancy(occ, (0.5, 0.5, 0.5))
+    with torch.no_grad():
+        scene.colour_logit.copy_(torch.randn(3, G, G, G, generator=g))
+    for view, other in S.OPPOSITE.items():
+        a, b = scene.render(view), scene.render(other)
+        flip = -2 if view == "top" else -1                         # the bottom camera has the front up
+        assert torch.equal(_seen(a), _seen(b).flip(flip))           # the same silhouette, mirrored
+        assert not torch.allclose(a, b.flip(flip), atol=1e-3)       # but the faces seen differ
 
 
 def test_a_far_block_hides_behind_a_near_one():
@@ -113,6 +133,8 @@ def test_shape_iou_compares_with_each_solid():
     scene = _scene_with(S.solid("cylinder"))
     ious = S.shape_iou(scene)
     assert ious["cylinder"] == 1.0 and 0 < ious["cube"] < 1 and 0 < ious["sphere"] < 1
+    fog = S.VoxelScene.from_occupancy(S.solid("cylinder"), (0.5, 0.5, 0.5), density=0.2)    # α ≈ 0.18 a voxel
+    assert S.shape_iou(fog)["cylinder"] == 1.0 and S.shape_iou(fog, 0.5)["cylinder"] == 0.0
     assert S.iou(S.solid("cube"), S.solid("cube")) == 1.0 and S.iou(_empty(), _empty()) == 0.0
 
 
@@ -226,9 +248,9 @@ def test_prompt_spec_reads_the_training_captions_wording():
 def test_bad_input_gets_clear_errors():
     scene = S.VoxelScene(seed=0)
     with pytest.raises(ValueError, match="view must be one of"):
-        scene.render("back")
+        scene.render("diagonal")
     with pytest.raises(ValueError, match="prompts_by_view key"):
-        S.optimise({"back": "a red circle"}, steps=1, progress=False)
+        S.optimise({"back": "a red circle"}, steps=1, progress=False)      # prompts go to the named views
     with pytest.raises(TypeError, match="prompts_by_view"):
         S.optimise(["a red circle"], steps=1, progress=False)
     with pytest.raises(TypeError, match=r"prompts_by_view\['top'\]"):

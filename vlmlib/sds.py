@@ -33,11 +33,14 @@ from . import checks
 from . import diffusion as D
 from .shapesworld import COLOUR_NAMES, KINDS, POSITION_PHRASES, SIZES
 
-#: The viewpoints a scene can be rendered from.
+#: The named viewpoints that prompts are given for ("side": from the right).
 VIEWS = ("top", "front", "side")
+#: The camera on the other side of each named one: optimisation looks from either, as DreamFusion's
+#: cameras circle the object (a shape in the centre reads the same from both sides).
+OPPOSITE = {"top": "bottom", "front": "back", "side": "left"}
+ALL_VIEWS = VIEWS + tuple(OPPOSITE.values())
 IMAGE_SIZE = 32                      # the text-to-image model's images
 GRID = 16                            # voxels per side; one voxel per pixel, the grid spans the centre 16 px
-DENSITY_NOISE = 0.1
 BACKGROUND = 0.12                    # ShapesWorld's dark background (its grey level is drawn from [0.04, 0.20])
 #: The classic demonstration and a second one: view-dependent prompts in the training captions' wording.
 DEMOS: dict[str, dict[str, str]] = {
@@ -60,6 +63,7 @@ class SDSConfig:
     guidance: float = 20.0               # w of ε̃ = ε(x, "") + w·(ε(x, y) − ε(x, "")); DreamFusion used 100
     t_range: tuple = (0.02, 0.98)        # t ~ U(t_min·T, t_max·T), as DreamFusion and stable-dreamfusion
     weighting: str = "1-alpha_bar"       # w(t) = 1 − ᾱ_t (stable-dreamfusion's choice) or "1"
+    both_sides: bool = True              # each step, each camera looks from its named side or the opposite one
     grid: int = GRID
     resolution: int = 8                  # the parameters' grid, trilinearly upsampled to ``grid`` voxels
 
@@ -74,6 +78,8 @@ class SDSConfig:
             raise ValueError(f"t_range must have t_min ≤ t_max, got {self.t_range!r}")
         self.t_range = (lo, hi)
         self.weighting = checks.choice(self.weighting, "weighting", WEIGHTINGS)
+        if not isinstance(self.both_sides, bool):
+            raise TypeError(f"both_sides must be True or False, got {self.both_sides!r}")
         self.grid = checks.integer(self.grid, "grid", minimum=2, maximum=IMAGE_SIZE)
         self.resolution = checks.integer(self.resolution, "resolution", minimum=2, maximum=self.grid)
 
@@ -102,12 +108,19 @@ def composite(sigma: torch.Tensor, rgb: torch.Tensor, background: float = BACKGR
 
 def _orient(x: torch.Tensor, view: str) -> torch.Tensor:
     """A grid (..., h, d, w) (h: height, 0 at the top; d: depth, 0 nearest the front camera; w: left to
-    right) as (..., rows, cols, ray samples nearest first) for a camera looking from ``view``."""
-    if view == "front":                 # rays along d; image rows = h, columns = w
+    right as the front camera sees it) as (..., rows, columns, ray samples nearest first) for an upright
+    camera looking from ``view`` (the top and bottom cameras have the back, resp. the front, up)."""
+    if view == "front":                 # rays along d; rows = h, columns = w
         return x.movedim(-2, -1)
-    if view == "top":                   # rays down along h; rows = d, far side at the top; columns = w
+    if view == "back":                  # rays along −d; columns run along −w
+        return x.movedim(-2, -1).flip(-1).flip(-2)
+    if view == "top":                   # rays down along h; rows = d with the far side up; columns = w
         return x.movedim(-3, -1).flip(-3)
-    return x.flip(-1)                   # side: camera on the right, rays along −w; rows = h, columns = d
+    if view == "bottom":                # rays up along −h; rows = d with the front up; columns = w
+        return x.movedim(-3, -1).flip(-1)
+    if view == "side":                  # from the right, rays along −w; rows = h, columns = d (front on the left)
+        return x.flip(-1)
+    return x.flip(-2)                   # left: rays along w; columns run along −d (front on the right)
 
 
 class VoxelScene(nn.Module):
@@ -120,7 +133,7 @@ class VoxelScene(nn.Module):
 
     def __init__(self, grid: int = GRID, image_size: int = IMAGE_SIZE, background: float = BACKGROUND,
                  seed: int = 0, resolution: int | None = None, blob: float = 2.0, blob_radius: float = 0.4,
-                 noise: float = 0.5):
+                 density_noise: float = 0.05, colour_noise: float = 0.5):
         super().__init__()
         self.grid = checks.integer(grid, "grid", minimum=2)
         self.resolution = self.grid if resolution is None else checks.integer(resolution, "resolution", minimum=2,
@@ -130,15 +143,16 @@ class VoxelScene(nn.Module):
         seed = checks.integer(seed, "seed", minimum=0)
         blob = checks.number(blob, "blob")
         blob_radius = checks.number(blob_radius, "blob_radius", low=0.0, low_open=True)
-        noise = checks.number(noise, "noise", low=0.0)
+        density_noise = checks.number(density_noise, "density_noise", low=0.0)
+        colour_noise = checks.number(colour_noise, "colour_noise", low=0.0)
         g = torch.Generator().manual_seed(seed)
         n = self.resolution
         c = (torch.arange(n) + 0.5) / n * 2 - 1                             # voxel centres in [−1, 1]
         h, d, w = torch.meshgrid(c, c, c, indexing="ij")
         r = (h ** 2 + d ** 2 + w ** 2).sqrt()
         density = blob * (1 - r / blob_radius) - 2.0                         # a blob, thin air elsewhere
-        self.density_logit = nn.Parameter(density + DENSITY_NOISE * noise * torch.randn(density.shape, generator=g))
-        self.colour_logit = nn.Parameter(noise * torch.randn((3, n, n, n), generator=g))
+        self.density_logit = nn.Parameter(density + density_noise * torch.randn(density.shape, generator=g))
+        self.colour_logit = nn.Parameter(colour_noise * torch.randn((3, n, n, n), generator=g))
 
     def _full(self, x: torch.Tensor) -> torch.Tensor:
         """A (C, r, r, r) or (r, r, r) field at the parameters' resolution, trilinearly upsampled to the grid."""
@@ -157,8 +171,8 @@ class VoxelScene(nn.Module):
         return torch.sigmoid(self._full(self.colour_logit))
 
     def render(self, view: str) -> torch.Tensor:
-        """The image (3, 32, 32) in [0, 1] a camera looking from ``view`` (one of :data:`VIEWS`) sees."""
-        view = checks.choice(view, "view", VIEWS)
+        """The image (3, 32, 32) in [0, 1] a camera looking from ``view`` (one of :data:`ALL_VIEWS`) sees."""
+        view = checks.choice(view, "view", ALL_VIEWS)
         image = composite(_orient(self.density(), view), _orient(self.colour(), view), self.background)
         pad = self.image_size - self.grid
         return F.pad(image, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=self.background)
@@ -171,17 +185,20 @@ class VoxelScene(nn.Module):
     @classmethod
     def from_occupancy(cls, occupied: torch.Tensor, colour: Sequence[float], density: float = 20.0,
                        **kwargs) -> "VoxelScene":
-        """A scene of one opaque colour where ``occupied`` (G, G, G, bool) is True, empty elsewhere."""
+        """A scene of one colour and density σ = ``density`` (opaque by default) where ``occupied``
+        (G, G, G, bool) is True, empty elsewhere."""
         if not isinstance(occupied, torch.Tensor) or occupied.ndim != 3 or len(set(occupied.shape)) != 1:
             raise ValueError(f"occupied must be a (G, G, G) boolean tensor, got {checks._given(occupied)}")
+        density = checks.number(density, "density", low=0.0, low_open=True)
         rgb = torch.as_tensor(colour, dtype=torch.float32)
         if rgb.shape != (3,) or not bool(((rgb > 0) & (rgb < 1)).all()):
             raise ValueError(f"colour must be three values in (0, 1), got {colour!r}")
-        scene = cls(grid=occupied.shape[0], noise=0.0, **kwargs)
+        scene = cls(grid=occupied.shape[0], density_noise=0.0, colour_noise=0.0, **kwargs)
         if scene.resolution != scene.grid:
             raise ValueError("from_occupancy makes a scene at full resolution: leave resolution out")
         with torch.no_grad():
-            scene.density_logit.copy_(torch.where(occupied.bool(), torch.tensor(density), torch.tensor(-20.0)))
+            logit = math.log(math.expm1(density))                       # softplus⁻¹: σ = density inside
+            scene.density_logit.copy_(torch.where(occupied.bool(), torch.tensor(logit), torch.tensor(-20.0)))
             scene.colour_logit.copy_(torch.logit(rgb)[:, None, None, None].expand_as(scene.colour_logit))
         return scene
 
@@ -211,13 +228,19 @@ def solid(kind: str, grid: int = GRID, radius: float = 0.16 * IMAGE_SIZE,
     return inside_h & (rho <= radius * (h + height / 2) / height)      # h grows downwards: apex at the top
 
 
-def occupancy(scene: VoxelScene, threshold: float = 0.5) -> torch.Tensor:
-    """Voxels (G, G, G, bool) whose opacity α = 1 − exp(−σ) exceeds ``threshold``."""
+#: A voxel counts as matter when its opacity α = 1 − exp(−σ) is at least this: it visibly dims what is
+#: behind it. Score distillation from albedo-only renderings leaves half-transparent "fog" as often as
+#: solid matter (both render alike), so a solid-only threshold (0.5) would miss most of the object.
+OCCUPANCY_THRESHOLD = 0.1
+
+
+def occupancy(scene: VoxelScene, threshold: float = OCCUPANCY_THRESHOLD) -> torch.Tensor:
+    """Voxels (G, G, G, bool) whose opacity α = 1 − exp(−σ) is at least ``threshold``."""
     if not isinstance(scene, VoxelScene):
         raise TypeError(f"scene must be a VoxelScene, got {type(scene).__name__}")
     threshold = checks.number(threshold, "threshold", low=0.0, high=1.0, low_open=True, high_open=True)
     with torch.no_grad():
-        return (1 - torch.exp(-scene.density())) > threshold
+        return (1 - torch.exp(-scene.density())) >= threshold
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -228,7 +251,7 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a & b).sum().item() / union if union else 0.0
 
 
-def shape_iou(scene: VoxelScene, threshold: float = 0.5) -> dict[str, float]:
+def shape_iou(scene: VoxelScene, threshold: float = OCCUPANCY_THRESHOLD) -> dict[str, float]:
     """The occupancy IoU of the scene's grid with each reference solid of :func:`solid` (same size)."""
     occ = occupancy(scene, threshold)
     return {kind: iou(occ, solid(kind, scene.grid)) for kind in SOLIDS}
@@ -348,11 +371,13 @@ def _check_prompts(prompts_by_view) -> dict[str, str]:
 
 def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0, guidance: float = 20.0,
              lr: float = 0.05, progress: bool = True, pipe=None, t_range: tuple = (0.02, 0.98),
-             weighting_kind: str = "1-alpha_bar", resolution: int = 8, snapshots: int = 8) -> tuple[VoxelScene, dict]:
+             weighting_kind: str = "1-alpha_bar", both_sides: bool = True, resolution: int = 8,
+             snapshots: int = 8) -> tuple[VoxelScene, dict]:
     """Score distillation of a :class:`VoxelScene` from view-dependent prompts.
 
-    Each step renders every view of ``prompts_by_view``, draws one t ~ U(t_min·T, t_max·T) and one ε per
-    view, asks the frozen model for ε̂ at x_t = √ᾱ_t x + √(1−ᾱ_t) ε (x: the rendering in [−1, 1]), and
+    Each step renders every view of ``prompts_by_view`` (with ``both_sides``, each from its named side or,
+    at random, the opposite one of :data:`OPPOSITE`, with the same prompt), draws one t ~ U(t_min·T, t_max·T)
+    and one ε per view, asks the frozen model for ε̂ at x_t = √ᾱ_t x + √(1−ᾱ_t) ε (x: the rendering in [−1, 1]), and
     takes an Adam step along w(t)(ε̂ − ε) pushed through the renderer. ``pipe`` is chapter 6's pipeline
     (the shipped ``t2i-clip`` by default). Returns ``(scene, history)``; ``history`` holds ``"t"`` and
     ``"grad_norm"`` per step, ``"frames"`` (K, V, 3, 32, 32): the views at ``snapshots`` moments,
@@ -362,7 +387,7 @@ def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0
 
     prompts_by_view = _check_prompts(prompts_by_view)
     config = SDSConfig(steps=steps, lr=lr, guidance=guidance, t_range=t_range, weighting=weighting_kind,
-                       resolution=resolution)
+                       both_sides=both_sides, resolution=resolution)
     seed = checks.integer(seed, "seed", minimum=0)
     snapshots = checks.integer(snapshots, "snapshots", minimum=1)
     if not isinstance(progress, bool):
@@ -384,12 +409,16 @@ def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0
     steps_iter = range(config.steps + 1)
     it = progress_bar(steps_iter, desc=f"score distillation, {config.steps} steps") if progress else steps_iter
     for step in it:
-        images = scene.render_views(views)                                   # (V, 3, 32, 32) in [0, 1]
         if step in frame_steps:
-            history["frames"].append(images.detach().clone())
+            with torch.no_grad():
+                history["frames"].append(scene.render_views(views))
         if step == config.steps:
             break
-        x = images * 2 - 1                                                   # the model's space
+        cameras = views
+        if config.both_sides:
+            flip = (torch.rand(len(views), generator=g) < 0.5).tolist()
+            cameras = [OPPOSITE[v] if f else v for v, f in zip(views, flip)]
+        x = scene.render_views(cameras) * 2 - 1                              # (V, 3, 32, 32), the model's space
         t = torch.randint(t_lo, t_hi + 1, (len(views),), generator=g)
         eps = torch.randn(x.shape, generator=g)
         x_t = D.q_sample(x.detach(), t, eps, alpha_bar)
