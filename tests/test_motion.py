@@ -200,9 +200,10 @@ def test_sampling_is_deterministic_for_a_seed():
     assert not torch.equal(a, M.sample_motion(model, todo, steps=5, seed=4))
 
 
-def test_a_short_training_run_lowers_the_loss():
+def test_a_short_training_run_lowers_the_loss(capsys):
     recipe = M.MotionRecipe(steps=80, batch_size=32, n_train=256, lr=3e-3)
     model, history, seconds = M.train_motion(TINY, recipe, progress=False)
+    assert capsys.readouterr() == ("", "")                     # progress=False: no bar
     loss = history["loss"]
     assert len(loss) == 80 and seconds > 0 and not model.training
     assert np.mean(loss[-10:]) < 0.7 * np.mean(loss[:10])

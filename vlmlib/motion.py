@@ -35,6 +35,8 @@ draws a trajectory as ShapesWorld frames (a video), :func:`plot_trajectories` dr
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -48,6 +50,9 @@ from . import checks
 from .cache import Artifact, cached
 from .diffusion.schedules import SCHEDULES, ddim_step, make_schedule, q_sample, timesteps_for
 from .diffusion.sampling import guide
+from .settings import _device
+# ShapesWorld's geometry: the jitter of a shape inside its cell (±2 px at 32 px) and the radii of the sizes
+from .shapesworld import _JITTER, _RADIUS, _RADIUS_JITTER
 from .shapesworld import (COLOUR_NAMES, HELD_OUT, KINDS, POSITION_PHRASES, POSITIONS, SIZES, Shape, ShapesWorld,
                           position_name)
 
@@ -66,7 +71,6 @@ HELD_OUT_MOVES: tuple[tuple[str, str], ...] = (("up", "right"), ("down", "left")
 SPLITS = ("train", "test", "held_out")
 _SPLIT_STREAM = {"train": 11, "test": 12, "held_out": 13}
 _ONE_MOVE_SHARE = 1 / 3           # share of one-move instructions in the train and test splits
-_JITTER = 0.0625                  # as ShapesWorld: the start is jittered ±2 px (at 32 px) inside its cell
 _CORNER_JITTER = 0.08             # two moves: the turn happens at 0.5 ± 0.08 of the time
 _PACE = 0.3                       # the time warp t + a·sin(2πt)/(2π), |a| ≤ 0.3: speeding up, slowing down
 
@@ -145,8 +149,6 @@ class Instruction:
 
     def shape(self, image_size: int = IMAGE_SIZE) -> Shape:
         """The shape at its start cell's centre, as a ShapesWorld :class:`~vlmlib.shapesworld.Shape`."""
-        from .shapesworld import _RADIUS
-
         x, y = cell_centre(self.start, image_size)
         return Shape(self.colour, self.kind, self.size, self.start, float(x), float(y),
                      float(_RADIUS[self.size] * image_size))
@@ -528,15 +530,16 @@ def motion_loss(model: MotionDenoiser, x0: torch.Tensor, words: torch.Tensor,
     """MDM's simple loss, ‖x₀ − G(x_t, t, text)‖², with t uniform and x_t from the forward process."""
     model = _check_model(model)
     B = len(x0)
-    t = torch.randint(0, model.config.T, (B,), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, model.config.T, (B,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     # vlmlib.diffusion's equations take (B, C, H, W): a batch (B, F, 2) is viewed as (B, F, 2, 1)
     x_t = q_sample(x0[..., None], t, noise[..., None], model.schedule)[..., 0]
     return ((model(x_t, t, words) - x0) ** 2).mean()
 
 
 def train_motion(config: MotionConfig | None = None, recipe: MotionRecipe | None = None,
-                 progress: bool = True) -> tuple[MotionDenoiser, dict[str, list[float]], float]:
+                 progress: bool = True, device: str | torch.device = "cpu",
+                 ) -> tuple[MotionDenoiser, dict[str, list[float]], float]:
     """Train a :class:`MotionDenoiser` on reference motions of the train split; return the model, its
     loss history and the seconds taken. A share ``recipe.cond_dropout`` of each batch gets the empty
     instruction, so that the same network is also the unconditional model guidance needs."""
@@ -548,31 +551,26 @@ def train_motion(config: MotionConfig | None = None, recipe: MotionRecipe | None
         raise TypeError(f"config must be a MotionConfig, got {type(config).__name__}")
     if not isinstance(recipe, MotionRecipe):
         raise TypeError(f"recipe must be a MotionRecipe, got {type(recipe).__name__}")
+    device = _device(device)
     torch.manual_seed(recipe.seed)
     todo, paths = training_data(recipe.n_train, recipe.seed)
-    words, x0 = tokenize(todo, config.max_words), to_model_space(paths)
-    model = MotionDenoiser(config)
-    g = torch.Generator().manual_seed(recipe.seed)
+    words, x0 = tokenize(todo, config.max_words).to(device), to_model_space(paths).to(device)
+    model = MotionDenoiser(config).to(device)
+    g = torch.Generator().manual_seed(recipe.seed)       # on the CPU: the same batches on any device
 
     def loss_fn(step: int) -> torch.Tensor:
-        idx = torch.randint(0, len(x0), (recipe.batch_size,), generator=g)
+        idx = torch.randint(0, len(x0), (recipe.batch_size,), generator=g).to(device)
         w = words[idx].clone()
-        w[torch.rand(recipe.batch_size, generator=g) < recipe.cond_dropout] = 0          # the empty instruction
+        w[(torch.rand(recipe.batch_size, generator=g) < recipe.cond_dropout).to(device)] = 0   # the empty instruction
         return motion_loss(model, x0[idx], w, g)
 
     start = time.perf_counter()
-    if progress:
+    with contextlib.ExitStack() as quiet:
+        if not progress:       # the bar goes to stdout (plain) or stderr (tqdm): hide both
+            quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
         history = train(model, loss_fn, recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay,
                         warmup=recipe.warmup, desc="training the motion model")
-    else:
-        from . import training
-        quiet = training.progress
-        training.progress = lambda iterable, **kwargs: iterable
-        try:
-            history = train(model, loss_fn, recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                            warmup=recipe.warmup)
-        finally:
-            training.progress = quiet
     return model.eval(), history, time.perf_counter() - start
 
 
@@ -647,7 +645,7 @@ def default_settings() -> tuple[MotionConfig, MotionRecipe]:
 
 
 def build_motion(config: MotionConfig | None = None, recipe: MotionRecipe | None = None,
-                 verbose: bool = True) -> tuple[MotionDenoiser, Artifact]:
+                 verbose: bool = True, device: str | torch.device = "cpu") -> tuple[MotionDenoiser, Artifact]:
     """The trained motion model for ``config`` and ``recipe``: from the artifact cache, or trained now.
 
     A fresh build also stores its training time and, in ``artifact.metrics``, the scores of
@@ -663,7 +661,7 @@ def build_motion(config: MotionConfig | None = None, recipe: MotionRecipe | None
     key = {"model": config.to_dict(), "recipe": recipe.to_dict(), "data": _DATA_VERSION}
 
     def build() -> Artifact:
-        model, history, seconds = train_motion(config, recipe, progress=verbose)
+        model, history, seconds = train_motion(config, recipe, progress=verbose, device=device)
         metrics = {"train_seconds": seconds}
         for split, scores in evaluate_motion(model).items():
             metrics.update({f"{split}_{k}": v for k, v in scores.items()})
@@ -673,7 +671,7 @@ def build_motion(config: MotionConfig | None = None, recipe: MotionRecipe | None
     art = cached("motion", key, build, verbose=verbose)
     model = MotionDenoiser(config)
     model.load_state_dict(art.state_dict)
-    return model.eval(), art
+    return model.eval().to(_device(device)), art
 
 
 #: Bumped when instructions, reference motions or the training data change: cached models are retrained.
@@ -688,8 +686,6 @@ def render_frames(shape: Instruction | Shape, trajectory, seed: int = 0) -> torc
     The background, the pixel noise, the shape's size and tint are drawn once from ``seed``, so only
     the shape's position changes from frame to frame.
     """
-    from .shapesworld import _RADIUS, _RADIUS_JITTER
-
     if not isinstance(shape, (Instruction, Shape)):
         raise TypeError(f"shape must be an Instruction or a ShapesWorld Shape, got {checks._given(shape)}")
     path = _as_paths(trajectory, "trajectory", 2)
