@@ -274,3 +274,19 @@ def test_bad_input_gets_clear_errors():
         S.shape_iou(scene, 1.5)
     with pytest.raises(TypeError, match="VoxelScene"):
         S.read_views(torch.zeros(3, 32, 32), S.DEMOS["cylinder"])
+
+
+def test_optimise_cached_makes_once_then_loads_the_same_scene(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMLIB_CACHE", str(tmp_path))
+    target = torch.full((1, 3, 32, 32), S.BACKGROUND)
+    target[:, 0, 12:20, 12:20] = 0.9
+    pipe = SimpleNamespace(unet=_Fixed(target * 2 - 1), text_encoder=_Encoder())
+    prompts = {"top": "a large red square in the centre"}
+    first, h1 = S.optimise_cached(prompts, seed=1, pipe=pipe, verbose=False, steps=5, lr=0.1)
+    again, h2 = S.optimise_cached(prompts, seed=1, pipe=pipe, verbose=False, steps=5, lr=0.1)
+    assert not h1["from_cache"] and h2["from_cache"] and h1["seconds"] == h2["seconds"]
+    assert torch.equal(first.render("top"), again.render("top")) and torch.equal(h1["frames"], h2["frames"])
+    plain, _ = S.optimise(prompts, seed=1, pipe=pipe, progress=False, steps=5, lr=0.1)
+    assert torch.allclose(plain.render("top"), again.render("top"))
+    _, h3 = S.optimise_cached(prompts, seed=1, pipe=pipe, verbose=False, steps=6, lr=0.1)
+    assert not h3["from_cache"]                                       # another setting: made anew

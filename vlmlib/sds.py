@@ -294,7 +294,7 @@ def sds_loss_surrogate(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((x - target) ** 2).sum()
 
 
-def weighting(alpha_bar: torch.Tensor, kind: str = "1-alpha_bar") -> torch.Tensor:
+def sds_weight(alpha_bar: torch.Tensor, kind: str = "1-alpha_bar") -> torch.Tensor:
     """w(t) for the ᾱ_t of each image: 1 − ᾱ_t (DreamFusion's σ_t², stable-dreamfusion's choice) or 1."""
     kind = checks.choice(kind, "kind", WEIGHTINGS)
     return 1 - alpha_bar if kind == "1-alpha_bar" else torch.ones_like(alpha_bar)
@@ -371,8 +371,8 @@ def _check_prompts(prompts_by_view) -> dict[str, str]:
 
 def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0, guidance: float = 20.0,
              lr: float = 0.05, progress: bool = True, pipe=None, t_range: tuple = (0.02, 0.98),
-             weighting_kind: str = "1-alpha_bar", both_sides: bool = True, resolution: int = 8,
-             snapshots: int = 8) -> tuple[VoxelScene, dict]:
+             weighting: str = "1-alpha_bar", both_sides: bool = True, resolution: int = 8,
+             grid: int = GRID, snapshots: int = 8) -> tuple[VoxelScene, dict]:
     """Score distillation of a :class:`VoxelScene` from view-dependent prompts.
 
     Each step renders every view of ``prompts_by_view`` (with ``both_sides``, each from its named side or,
@@ -386,8 +386,8 @@ def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0
     from .plotting import progress as progress_bar
 
     prompts_by_view = _check_prompts(prompts_by_view)
-    config = SDSConfig(steps=steps, lr=lr, guidance=guidance, t_range=t_range, weighting=weighting_kind,
-                       both_sides=both_sides, resolution=resolution)
+    config = SDSConfig(steps=steps, lr=lr, guidance=guidance, t_range=t_range, weighting=weighting,
+                       both_sides=both_sides, resolution=resolution, grid=grid)
     seed = checks.integer(seed, "seed", minimum=0)
     snapshots = checks.integer(snapshots, "snapshots", minimum=1)
     if not isinstance(progress, bool):
@@ -423,7 +423,7 @@ def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0
         eps = torch.randn(x.shape, generator=g)
         x_t = D.q_sample(x.detach(), t, eps, alpha_bar)
         eps_hat = predict_eps(model, x_t, t, condition, config.guidance, null)
-        grad = sds_gradient(x, eps_hat, eps, weighting(alpha_bar[t], config.weighting))
+        grad = sds_gradient(x, eps_hat, eps, sds_weight(alpha_bar[t], config.weighting))
         opt.zero_grad()
         sds_loss_surrogate(x, grad).backward()
         opt.step()
@@ -432,6 +432,49 @@ def optimise(prompts_by_view: Mapping[str, str], steps: int = 200, seed: int = 0
     history["frames"] = torch.stack(history["frames"])
     history["seconds"] = time.perf_counter() - start
     history["config"] = config.to_dict()
+    return scene, history
+
+
+#: Bumped whenever :func:`optimise` changes what it makes, so that cached scenes are made again.
+CACHE_VERSION = 1
+
+
+def optimise_cached(prompts_by_view: Mapping[str, str], seed: int = 0, pipe=None, snapshots: int = 8,
+                    verbose: bool = True, **settings) -> tuple[VoxelScene, dict]:
+    """:func:`optimise` through the artifact cache (``vlmlib.cached``): made once, then loaded.
+
+    Keyed by the prompts, the seed, every setting (:class:`SDSConfig`, defaults filled in), the
+    SHA-256 of the UNet's and the text encoder's weights and :data:`CACHE_VERSION`. ``settings`` are
+    :func:`optimise`'s (``steps``, ``guidance``, ``lr``, ``t_range``, ...). The history's
+    ``"seconds"`` is the time the optimisation took when it was made; ``"from_cache"`` says which.
+    """
+    from .cache import Artifact, cached
+
+    prompts_by_view = _check_prompts(prompts_by_view)
+    seed = checks.integer(seed, "seed", minimum=0)
+    snapshots = checks.integer(snapshots, "snapshots", minimum=1)
+    config = SDSConfig(**settings)
+    pipe = load_pipeline() if pipe is None else pipe
+    key = {"prompts": prompts_by_view, "seed": seed, "snapshots": snapshots, "config": config.to_dict(),
+           "unet_sha256": D.weights_sha256(pipe.unet), "encoder_sha256": D.weights_sha256(pipe.text_encoder)
+           if isinstance(pipe.text_encoder, nn.Module) else type(pipe.text_encoder).__name__,
+           "version": CACHE_VERSION}
+    key["config"]["t_range"] = list(config.t_range)
+
+    def build() -> Artifact:
+        scene, history = optimise(prompts_by_view, seed=seed, progress=verbose, pipe=pipe, snapshots=snapshots,
+                                  **config.to_dict())
+        tensors = {**{k: v.detach() for k, v in scene.state_dict().items()}, "frames": history["frames"]}
+        metrics = {k: history[k] for k in ("t", "frame_steps", "views", "seconds")}
+        return Artifact("sds-scene", key, tensors, metrics, {"grad_norm": history["grad_norm"]})
+
+    art = cached("sds-scene", key, build, verbose=False)
+    if verbose and art.from_cache:
+        print(f"score distillation for {list(prompts_by_view)}, seed {seed} (loaded from the cache)")
+    scene = VoxelScene(grid=config.grid, resolution=config.resolution, seed=seed)
+    scene.load_state_dict({k: v for k, v in art.state_dict.items() if k != "frames"})
+    history = {**art.metrics, "frames": art.state_dict["frames"], "grad_norm": art.history["grad_norm"],
+               "config": config.to_dict(), "from_cache": art.from_cache}
     return scene, history
 
 
@@ -484,33 +527,41 @@ def read_views(scene: VoxelScene, prompts_by_view: Mapping[str, str]) -> dict:
     return out
 
 
-def benchmark(n_seeds: int = 20, demos: Sequence[str] = ("cylinder",), steps: int = 200, guidance: float = 20.0,
-              lr: float = 0.05, first_seed: int = 0, progress: bool = True, pipe=None) -> dict:
-    """Optimise ``n_seeds`` scenes per demonstration of :data:`DEMOS` and measure each.
+def benchmark(n_seeds: int = 20, demos: Sequence[str] = ("cylinder",), first_seed: int = 0, progress: bool = True,
+              pipe=None, **settings) -> dict:
+    """Optimise ``n_seeds`` scenes (seeds ``first_seed``, ``first_seed + 1``, …) per demonstration of
+    :data:`DEMOS` with :func:`optimise_cached` and ``settings`` (:class:`SDSConfig`'s), and measure each.
 
     Per demonstration: ``"all_views"`` (the fraction of runs whose every view reads as its prompt: the
-    bar asks ≥ 0.8), the per-view faithful rates, the mean IoU with each solid, and ``"seconds_per_run"``.
+    bar asks ≥ 0.8), ``"views"`` (each view's faithful rate), ``"iou"`` (the mean occupancy IoU with
+    each solid of :data:`SOLIDS`; ``"iou_start"``: the same for the starting blob), ``"seconds_per_run"``
+    (as measured when each run was made) and ``"runs"`` (every run's readings).
     """
     n_seeds = checks.integer(n_seeds, "n_seeds", minimum=1)
+    first_seed = checks.integer(first_seed, "first_seed", minimum=0)
     demos = [checks.choice(d, "demos", DEMOS) for d in checks.text_list(demos, "demos")]
+    config = SDSConfig(**settings)
     pipe = load_pipeline() if pipe is None else pipe
-    result = {"n_seeds": n_seeds, "steps": steps, "guidance": guidance, "lr": lr, "demos": {}}
+    result = {"n_seeds": n_seeds, "first_seed": first_seed, "config": config.to_dict(), "demos": {}}
     for name in demos:
         prompts = DEMOS[name]
         runs = []
         for seed in range(first_seed, first_seed + n_seeds):
-            scene, hist = optimise(prompts, steps=steps, seed=seed, guidance=guidance, lr=lr, progress=False, pipe=pipe)
+            scene, hist = optimise_cached(prompts, seed=seed, pipe=pipe, verbose=False, **settings)
             reading = read_views(scene, prompts)
+            start = VoxelScene(grid=config.grid, resolution=config.resolution, seed=seed)
             runs.append({"seed": seed, "seconds": hist["seconds"], "all_faithful": reading["all_faithful"],
                          "views": {v: reading[v]["faithful"] for v in prompts},
-                         "read": {v: reading[v]["read"] for v in prompts}, "iou": shape_iou(scene)})
+                         "read": {v: reading[v]["read"] for v in prompts},
+                         "iou": shape_iou(scene), "iou_start": shape_iou(start)})
             if progress:
-                print(f"{name} seed {seed}: all views {reading['all_faithful']}, "
-                      f"IoU {INTENDED[name]} {runs[-1]['iou'][INTENDED[name]]:.2f} ({hist['seconds']:.1f} s)", flush=True)
+                print(f"{name}, seed {seed}: every view right: {reading['all_faithful']}; IoU with the "
+                      f"{INTENDED[name]} {runs[-1]['iou'][INTENDED[name]]:.2f} ({hist['seconds']:.1f} s)", flush=True)
         result["demos"][name] = {
             "all_views": sum(r["all_faithful"] for r in runs) / n_seeds,
             "views": {v: sum(r["views"][v] for r in runs) / n_seeds for v in prompts},
             "iou": {k: sum(r["iou"][k] for r in runs) / n_seeds for k in SOLIDS},
+            "iou_start": {k: sum(r["iou_start"][k] for r in runs) / n_seeds for k in SOLIDS},
             "seconds_per_run": sum(r["seconds"] for r in runs) / n_seeds,
             "runs": runs}
     return result
