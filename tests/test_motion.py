@@ -149,7 +149,7 @@ def test_config_and_recipe_are_checked():
 
 def test_the_denoiser_predicts_a_clean_trajectory_of_the_input_shape():
     torch.manual_seed(0)
-    model = M.MotionDenoiser(TINY)
+    model = M.MotionDenoiser(TINY).eval()                      # no dropout: the same input, the same output
     words = M.tokenize(M.instructions(3) + [""])
     x = torch.randn(4, M.FRAMES, 2)
     out = model(x, torch.tensor([0, 5, 50, 99]), words)
