@@ -128,7 +128,8 @@ class Instruction:
                              f"got {checks._given(self.moves)}")
         moves = tuple(checks.choice(d, "Instruction.moves[i]", DIRECTIONS) for d in moves)
         if len(moves) == 2 and moves[1] == _OPPOSITE[moves[0]]:
-            raise ValueError(f"Instruction.moves must not reverse ({moves[0]}, then {moves[1]} comes back to the start)")
+            raise ValueError(f"Instruction.moves must not reverse ({moves[0]}, then {moves[1]} "
+                             "comes back to the start)")
         if _path(self.start, moves) is None:
             raise ValueError(f"the moves {moves} from the {self.start} cell leave the 3×3 grid")
         object.__setattr__(self, "moves", moves)
@@ -437,8 +438,9 @@ class MotionDenoiser(nn.Module):
     predicted clean trajectory x̂₀, as MDM predicts the clean motion rather than the noise.
 
     MDM reads the sentence with a frozen CLIP text encoder and puts a single token in front of the
-    frames: the sum of the timestep's embedding and the sentence's. Our chapter-2 CLIP and the chapter-6 language model never saw words of motion ("moves",
-    "then", "up"), so here the word embeddings are learned with the denoiser, from the instructions.
+    frames: the sum of the timestep's embedding and the sentence's. Our chapter-2 CLIP and the
+    chapter-6 language model never saw words of motion ("moves", "then", "up"), so here the word
+    embeddings are learned with the denoiser, from the instructions.
     The empty instruction (only padding) is the unconditional model of classifier-free guidance.
     """
 
