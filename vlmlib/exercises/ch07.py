@@ -1,4 +1,4 @@
-"""Checkers for chapter 7, beyond images: text to motion (7.1, 7.2) and the lead's 7.3 below."""
+"""Checkers for chapter 7, beyond images: text to motion (7.1, 7.2) and score distillation (7.3)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 
 from ..motion import (FRAMES, IMAGE_SIZE, Instruction, cell_centre, instructions, motion_correct,
                       reference_trajectory)
+from ..sds import sds_gradient, sds_weight
 from ..shapesworld import POSITIONS
 from .core import Case, Verdict, check_function
 from .registry import exercise
@@ -116,5 +117,26 @@ def check_motion_correct(fn, seed: int | None = None) -> Verdict:
              "moves. A trajectory holding NaN is not correct (check torch.isfinite first). Return a bool.")
 
 
-# -- 7.3 ---------------------------------------------------------------------------------------------
-# (the lead adds exercise 7.3 here)
+# -- 7.3: the score distillation gradient ------------------------------------------------------------
+def _sds_reference(eps_hat, eps, alpha_bar):
+    """DreamFusion's residual w(t)(ε̂ − ε) with w(t) = 1 − ᾱ_t, one weight per rendering."""
+    return sds_gradient(eps_hat, eps_hat, eps, sds_weight(alpha_bar))
+
+
+@exercise("7.3", sds_grad=_sds_reference)
+def check_sds_grad(fn, seed: int | None = None) -> Verdict:
+    """Exercise 7.3: the SDS gradient with respect to the renderings."""
+    g = torch.Generator().manual_seed(int(_rng(seed).integers(2**31)))
+    cases = []
+    for b, size in ((1, 4), (3, 8), (2, 32), (5, 16)):
+        eps_hat, eps = torch.randn(b, 3, size, size, generator=g), torch.randn(b, 3, size, size, generator=g)
+        alpha_bar = torch.rand(b, generator=g) * 0.98 + 0.01
+        cases.append(Case((eps_hat, eps, alpha_bar), description=f"{b} rendering(s) of {size}×{size}"))
+    same = torch.randn(2, 3, 8, 8, generator=g)
+    cases.append(Case((same, same.clone(), torch.tensor([0.3, 0.9])),
+                      description="a prediction equal to the added noise (nothing to change)"))
+    return check_function(
+        "7.3", fn, _sds_reference, cases,
+        hint="w = 1 − alpha_bar has one value per rendering (B,); reshape it to (B, 1, 1, 1) so that it "
+             "multiplies each rendering's (3, H, W): (1 - alpha_bar)[:, None, None, None] * (eps_hat - eps). "
+             "No network and no backward pass are needed: that is the point of SDS.")
