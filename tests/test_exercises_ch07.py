@@ -1,4 +1,4 @@
-"""Chapter 7's exercise checkers (7.1 the reference motion, 7.2 the motion metric): a right answer
+"""Chapter 7's exercise checkers (7.1 the reference motion, 7.2 the motion metric, 7.3 the SDS gradient): a right answer
 passes for any seed, a wrong one is told what is wrong, and broken student code never crashes them."""
 
 import numpy as np
@@ -30,6 +30,10 @@ def motion_correct(trajectory, instruction):
     if len(instruction.moves) == 2:
         ok = ok and cell((trajectory[7] + trajectory[8]) / 2) == instruction.cells[1]
     return ok
+
+
+def sds_grad(eps_hat, eps, alpha_bar):
+    return (1 - alpha_bar).view(-1, 1, 1, 1) * (eps_hat - eps)
 '''
 
 
@@ -61,6 +65,10 @@ WRONG = {
             lambda ins: reference_trajectory(ins).numpy()],                      # not a tensor
     "7.2": [lambda t, i: True, _only_start_and_end, _no_halfway_check,
             lambda t, i: "yes"],
+    "7.3": [lambda eh, e, ab: eh - e,                                          # no weight
+            lambda eh, e, ab: ab.view(-1, 1, 1, 1) * (eh - e),                 # w = ᾱ instead of 1 − ᾱ
+            lambda eh, e, ab: (1 - ab).view(-1, 1, 1, 1) * (e - eh),           # the sign flipped
+            lambda eh, e, ab: (1 - ab.mean()) * (eh - e)],                     # one weight for the batch
 }
 
 MISTAKES = {
@@ -75,7 +83,7 @@ MISTAKES = {
 }
 
 
-@pytest.mark.parametrize("number", ["7.1", "7.2"])
+@pytest.mark.parametrize("number", ["7.1", "7.2", "7.3"])
 def test_chapter_7_checkers_accept_the_solution_for_any_seed(number, capsys):
     ex = lookup(number)
     (name,) = ex.references
@@ -86,7 +94,7 @@ def test_chapter_7_checkers_accept_the_solution_for_any_seed(number, capsys):
     assert capsys.readouterr().out.count("correct!") == 6
 
 
-@pytest.mark.parametrize("number", ["7.1", "7.2"])
+@pytest.mark.parametrize("number", ["7.1", "7.2", "7.3"])
 def test_chapter_7_checkers_reject_wrong_answers_with_a_reason(number, capsys):
     ex = lookup(number)
     for k, wrong in enumerate(WRONG[number]):
@@ -97,7 +105,7 @@ def test_chapter_7_checkers_reject_wrong_answers_with_a_reason(number, capsys):
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=list(MISTAKES))
-@pytest.mark.parametrize("number", ["7.1", "7.2"])
+@pytest.mark.parametrize("number", ["7.1", "7.2", "7.3"])
 def test_chapter_7_checkers_survive_broken_student_code(number, mistake, capsys):
     verdict = lookup(number).check(MISTAKES[mistake], seed=0)
     assert isinstance(verdict, Verdict) and not verdict.passed and "please report" not in verdict.message
