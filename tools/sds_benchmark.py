@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         views = ", ".join(f"{k} {v:.0%}" for k, v in d["views"].items())
         print(f"{name}: every view right in {d['all_views']:.0%} of {result['n_seeds']} runs (bar ≥ 80%); "
               f"per view {views}; IoU {iou} (the starting blob: {start}); {d['seconds_per_run']:.1f} s a run")
+        for th, ious in d["iou_by_threshold"].items():
+            print(f"  IoU at opacity >= {th}: " + ", ".join(f"{k} {v:.2f}" for k, v in ious.items()))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))
     return 0
