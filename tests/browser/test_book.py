@@ -181,6 +181,25 @@ def test_solution_dropdowns_start_closed_and_open_on_click(visits, page):
     assert body.is_visible(), "clicking the solution's toggle should show it"
 
 
+def test_chapter_7s_films_play(visits):
+    """Chapter 7's motions and videos (matplotlib's JavaScript player) must run in the rendered page, offline."""
+    page = visits["notebooks/07_beyond_images.html"].page
+    players = page.query_selector_all("article .animation")
+    assert len(players) == 2, "chapter 7 should show two films: drawn motions and the two routes to video"
+    for player in players:
+        player.scroll_into_view_if_needed()
+        frame = player.query_selector("img")
+        slider = player.query_selector("input[type=range]")
+        assert frame is not None and slider is not None, "the film has no frame or no slider"
+        first, start = frame.get_attribute("src"), int(slider.input_value())
+        player.query_selector("button[title='Play']").click()
+        page.wait_for_timeout(1200)                               # several frames at 150 ms each
+        player.query_selector("button[title='Pause']").click()
+        assert int(slider.input_value()) > start, "pressing Play did not move the film forward"
+        assert frame.get_attribute("src") != first, "the frame did not change while playing"
+        assert frame.evaluate("i => i.complete && i.naturalWidth > 0"), "the current frame is not a loaded image"
+
+
 def test_the_denoising_animation_plays(visits):
     """Chapter 5's animation (matplotlib's JavaScript player) must run in the rendered page, offline."""
     page = visits["notebooks/05_diffusion.html"].page
