@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv browser book test test-unit test-notebooks test-book test-browser test-colab lab student sync benchmark lock clean
+.PHONY: help venv browser audio book test test-unit test-notebooks test-book test-browser test-colab lab student sync benchmark lock clean
 
 help:
 	@sed -n '2,5p' Makefile
@@ -34,6 +34,10 @@ venv: $(STAMP)
 # Chromium for the browser tests (Debian's package; needs root or sudo the first time).
 browser:
 	@bash tools/install_chromium.sh
+
+# eSpeak NG, the speech synthesiser of chapter 9 (Debian's package; needs root or sudo the first time).
+audio:
+	@bash tools/install_espeak.sh
 
 # The book, strictly: warnings are errors, and so is an error in any notebook cell.
 JB_BUILD := $(BIN)/jupyter-book build . -W -n --keep-going
@@ -69,7 +73,7 @@ test-colab: venv
 STAGE := tools/stage.sh
 test:
 	@rm -rf _build/timings
-	@$(STAGE) environment $(MAKE) --no-print-directory venv browser
+	@$(STAGE) environment $(MAKE) --no-print-directory venv browser audio
 	@$(STAGE) unit $(MAKE) --no-print-directory test-unit
 	@$(STAGE) notebooks $(MAKE) --no-print-directory test-notebooks
 	@$(STAGE) book $(MAKE) --no-print-directory test-book
