@@ -95,6 +95,8 @@ def test_bad_arguments_are_named():
         speech.log_mel(np.zeros((2, 2, 1600)))
     with pytest.raises(ValueError, match="NaN"):
         speech.log_mel(np.full(1600, np.nan))
+    with pytest.raises(TypeError, match="32768"):
+        speech.log_mel(np.zeros(1600, dtype=np.int16))
     with pytest.raises(ValueError, match="max_frames"):
         speech.log_mel(np.zeros(1600), max_frames=1)
 
@@ -202,6 +204,14 @@ def test_log_mel_of_a_batch_pads_each_clip_and_floors_it_by_its_own_maximum():
     # max_frames=None: the longest clip, rounded up to whole frames
     assert speech.log_mel(waves, max_frames=None).shape[-1] == -(-max(len(w) for w in waves) // 160)
     assert torch.equal(speech.log_mel(data, max_frames=50), speech.log_mel(data.waves, max_frames=50))
+
+
+def test_a_long_batch_is_computed_in_chunks_with_the_same_result():
+    waves = speech.spoken_words(20, "test", seed=0).waves
+    batch = speech.log_mel(waves)                          # 20 clips of 30 s: more than one chunk
+    assert batch.shape == (20, 80, 3000)
+    for i in (0, 17, 19):
+        assert torch.equal(batch[i], speech.log_mel(waves[i]))
 
 
 def test_show_spectrogram_and_play():

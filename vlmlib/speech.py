@@ -392,9 +392,12 @@ def _as_batch(waves, dtype: torch.dtype) -> tuple[list[torch.Tensor], bool]:
                         f"got {checks._given(waves)}")
     out = []
     for i, w in enumerate(items):
-        if w.ndim != 1 or len(w) == 0 or not (w.is_floating_point() or w.dtype in (torch.int16, torch.int32)):
-            raise ValueError(f"wave {i} must be a non-empty 1-D float array of samples, got {checks._given(w)}")
-        w = w.to(dtype)
+        if w.ndim != 1 or len(w) == 0:
+            raise ValueError(f"wave {i} must be a non-empty 1-D array of samples, got {checks._given(w)}")
+        if not w.is_floating_point():
+            raise TypeError(f"wave {i} must hold float samples in [-1, 1], got {checks._given(w)}"
+                            + ("; divide 16-bit samples by 32768" if w.dtype == torch.int16 else ""))
+        w = w.detach().cpu().to(dtype)
         if not torch.isfinite(w).all():
             raise ValueError(f"wave {i} holds NaN or infinite values")
         out.append(w)
@@ -413,6 +416,9 @@ def log_mel(waves, n_mels: int = N_MELS, max_frames: int | None = CHUNK_FRAMES,
     2. power spectrum ``|rfft|²`` (201 bins), the last frame dropped;
     3. the mel spectrogram: :func:`mel_filter_bank` (0-8000 Hz) times the power spectrum;
     4. ``log10(max(mel, 1e-10))``, floored at (the clip's maximum - 8), then ``(x + 4) / 4``.
+
+    Float samples in [-1, 1] (int16 is refused: divide by 32768). Long batches are computed a few
+    clips at a time, so memory stays small.
     """
     n_mels = checks.integer(n_mels, "n_mels", minimum=1)
     if dtype not in (torch.float32, torch.float64):
@@ -422,21 +428,26 @@ def log_mel(waves, n_mels: int = N_MELS, max_frames: int | None = CHUNK_FRAMES,
         length = -(-max(len(w) for w in items) // HOP_LENGTH) * HOP_LENGTH
     else:
         length = checks.integer(max_frames, "max_frames", minimum=2) * HOP_LENGTH
-    x = torch.zeros(len(items), length, dtype=dtype)                                 # (N, S)
+    filters = mel_filter_bank(N_FFT // 2 + 1, n_mels, SAMPLE_RATE, 0.0, 8000.0).to(dtype)   # (M, 201)
+    window = 0.5 - 0.5 * torch.cos(2 * math.pi * torch.arange(N_FFT, dtype=dtype) / N_FFT)  # periodic Hann
+    chunk = max(1, 2**23 // (length + N_FFT))        # clips at a time: about 80 MB of frames in float32
+    out = [_log_mel_chunk(items[i: i + chunk], length, window, filters) for i in range(0, len(items), chunk)]
+    features = torch.cat(out)                                                        # (N, M, T)
+    return features[0] if single else features
+
+
+def _log_mel_chunk(items: list[torch.Tensor], length: int, window: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    x = torch.zeros(len(items), length, dtype=window.dtype)                          # (N, S)
     for i, w in enumerate(items):
         x[i, : min(len(w), length)] = w[:length]
     x = F.pad(x[:, None], (N_FFT // 2, N_FFT // 2), mode="reflect")[:, 0]           # (N, S + 400)
     frames = x.unfold(-1, N_FFT, HOP_LENGTH)                                         # (N, S/160 + 1, 400)
-    n = torch.arange(N_FFT, dtype=dtype)
-    window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / N_FFT)                          # periodic Hann
     spectrum = torch.fft.rfft(frames * window, dim=-1)                               # (N, T + 1, 201)
     power = (spectrum.real**2 + spectrum.imag**2)[:, :-1]                            # (N, T, 201)
-    filters = mel_filter_bank(N_FFT // 2 + 1, n_mels, SAMPLE_RATE, 0.0, 8000.0).to(dtype)   # (M, 201)
     mel = power @ filters.T                                                          # (N, T, M)
     log_spec = torch.clamp(mel, min=1e-10).log10()
     log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
-    features = ((log_spec + 4.0) / 4.0).transpose(1, 2).contiguous()                 # (N, M, T)
-    return features[0] if single else features
+    return ((log_spec + 4.0) / 4.0).transpose(1, 2).contiguous()                     # (N, M, T)
 
 
 def show_spectrogram(features, wave: np.ndarray | None = None, title: str | None = None, ax=None):
