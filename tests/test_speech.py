@@ -70,6 +70,16 @@ def test_a_missing_espeak_ng_is_a_clear_error(monkeypatch):
         speech.espeak_version.cache_clear()
 
 
+def test_a_voice_variant_missing_from_the_installed_espeak_ng_is_an_error(monkeypatch):
+    """espeak-ng itself would speak with its default voice instead (VOICES are all in 1.50 and 1.51:
+    `git ls-tree 1.50 'espeak-ng-data/voices/!v/'` in espeak-ng's repository; klatt5 and klatt6 are not in 1.50)."""
+    monkeypatch.setattr(speech, "voice_variants", lambda: ("m1", "f2"))
+    with pytest.raises(RuntimeError, match="no voice variant 'm3'"):
+        speech.synthesize("red", voice="en+m3")
+    with pytest.raises(RuntimeError, match="no voice variant"):
+        speech.spoken_words(2, "held_out_voices")
+
+
 def test_vlmlib_imports_without_espeak_ng():
     env = {**os.environ, "PATH": "/nonexistent"}
     code = "import vlmlib, vlmlib.speech as s; print(tuple(s.log_mel(s.np.zeros(1600)).shape))"

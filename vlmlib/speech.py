@@ -49,11 +49,12 @@ CHUNK_FRAMES = 3000      # Whisper pads or cuts every clip to 30 s = 3000 frames
 ESPEAK = "espeak-ng"
 #: Bumped whenever synthesis or its post-processing (trimming, resampling) changes: old cache is stale.
 SPEECH_VERSION = 1
-#: The voices that training and the "test" split use: English with eSpeak NG's voice variants.
+#: The voices that training and the "test" split use: English with eSpeak NG's voice variants (all
+#: of them in eSpeak NG 1.50, Ubuntu 22.04's and Colab's version, and in 1.51, Debian 12's).
 VOICES: tuple[str, ...] = (
-    "en+m1", "en+m2", "en+m3", "en+m5", "en+m6", "en+m8",
+    "en+m1", "en+m2", "en+m3", "en+m5", "en+m6", "en+m7", "en+m8",
     "en+f1", "en+f2", "en+f4", "en+f5",
-    "en+klatt", "en+klatt2", "en+klatt4", "en+klatt5", "en+croak",
+    "en+klatt", "en+klatt2", "en+klatt4", "en+croak",
 )
 #: Voices never heard in training: the "held_out_voices" split (one male, one female, one Klatt voice).
 HELD_OUT_VOICES: tuple[str, ...] = ("en+m4", "en+f3", "en+klatt3")
@@ -105,14 +106,15 @@ def voice_variants() -> tuple[str, ...]:
 def _check_voice(voice) -> str:
     if not isinstance(voice, str):
         raise TypeError(f"voice must be a string such as 'en+m3', got {checks._given(voice)}")
-    if voice in VOICES or voice in HELD_OUT_VOICES or voice == "en":
-        return voice
     language, _, variant = voice.partition("+")
-    if language != "en" or variant not in voice_variants():
-        raise ValueError(f"voice must be 'en' or 'en+<variant>' with one of eSpeak NG's variants "
-                         f"({', '.join(voice_variants()[:12])}, ...; `espeak-ng --voices=variant` lists them), "
-                         f"got {voice!r}")
-    return voice
+    if voice == "en" or (language == "en" and variant in voice_variants()):
+        return voice
+    if voice in VOICES or voice in HELD_OUT_VOICES:       # espeak-ng would silently use its default voice
+        raise RuntimeError(f"eSpeak NG {espeak_version()} has no voice variant {variant!r}; "
+                           "chapter 9 needs eSpeak NG 1.50 or later")
+    raise ValueError(f"voice must be 'en' or 'en+<variant>' with one of eSpeak NG's variants "
+                     f"({', '.join(voice_variants()[:12])}, ...; `espeak-ng --voices=variant` lists them), "
+                     f"got {voice!r}")
 
 
 def _read_wav(data: bytes) -> tuple[np.ndarray, int]:
@@ -297,6 +299,8 @@ def _spoken(n: int, split: str, seed: int, texts_of, classes, workers) -> Spoken
     split = checks.choice(split, "split", SPLITS)
     seed = checks.integer(seed, "seed", minimum=0)
     voices, speeds, pitches = _grid(split)
+    for voice in voices:
+        _check_voice(voice)
     rng = np.random.default_rng([seed, _SPLIT_STREAM[split], 9])
     spoken, labels = texts_of(rng, n)
     who = [voices[i] for i in rng.integers(len(voices), size=n)]
