@@ -467,23 +467,22 @@ def show_spectrogram(features, wave: np.ndarray | None = None, title: str | None
     if ax is not None:
         fig, axes = ax.figure, [ax]
     elif wave is not None:
-        fig, axes = plt.subplots(2, 1, figsize=(7, 4), sharex=False, gridspec_kw={"height_ratios": [1, 2]})
+        fig, axes = plt.subplots(2, 1, figsize=(7, 4), sharex=True, layout="constrained",
+                                 gridspec_kw={"height_ratios": [1, 2]})
     else:
-        fig, axes = plt.subplots(figsize=(7, 2.8))
-        axes = [axes]
+        fig, a = plt.subplots(figsize=(7, 2.8), layout="constrained")
+        axes = [a]
     if wave is not None and ax is None:
-        w = np.asarray(wave, dtype=np.float32)
+        w = np.asarray(wave.detach().cpu() if isinstance(wave, torch.Tensor) else wave, dtype=np.float32)
         axes[0].plot(np.arange(len(w)) / SAMPLE_RATE, w, lw=0.5, color="0.2")
-        axes[0].set(xlim=(0, len(w) / SAMPLE_RATE), ylabel="amplitude", xlabel="seconds")
-    a = axes[-1]
+        axes[0].set(ylabel="amplitude")
     frames = spec.shape[1]
-    image = a.imshow(spec.numpy(), origin="lower", aspect="auto", cmap="magma",
-                     extent=(0, frames * HOP_LENGTH / SAMPLE_RATE, 0, spec.shape[0]))
-    a.set(xlabel="seconds", ylabel="mel bin")
-    fig.colorbar(image, ax=a, pad=0.01, label="log-mel")
+    image = axes[-1].imshow(spec.numpy(), origin="lower", aspect="auto", cmap="magma",
+                            extent=(0, frames * HOP_LENGTH / SAMPLE_RATE, 0, spec.shape[0]))
+    axes[-1].set(xlabel="seconds", ylabel="mel bin")
+    fig.colorbar(image, ax=list(axes), pad=0.01, label="log-mel")
     if title:
         axes[0].set_title(title)
-    fig.tight_layout()
     return fig
 
 
