@@ -208,7 +208,8 @@ def test_log_mel_of_a_batch_pads_each_clip_and_floors_it_by_its_own_maximum():
     ours = speech.log_mel(waves, max_frames=120)
     assert ours.shape == ref.shape == (3, 80, 120)
     assert np.abs(ours.numpy() - ref).max() < 2e-4
-    # each clip's own maximum sets its floor: the quiet clip's features are its loud self's minus 1 (log10 of 0.01² is -4, then / 4)
+    # each clip's own maximum sets its floor: the quiet clip's maximum is its loud self's minus 1
+    # (the power is 0.01² = 1e-4 times as large: log10 gives -4, then / 4)
     loud = speech.log_mel(data.waves[1], max_frames=120)
     assert torch.allclose(ours[1].amax(), loud.amax() - 1.0, atol=1e-4)
     # max_frames=None: the longest clip, rounded up to whole frames

@@ -7,6 +7,12 @@ synthesiser (Debian's ``espeak-ng`` package: ``make audio`` installs it; in Cola
 voices are held out of training (:data:`HELD_OUT_VOICES`) so that accuracy on unseen voices can be
 measured. Synthesis is cached on disk, so a second run reads the waves back.
 
+- :func:`synthesize` speaks one text: a float32 wave at 16 kHz (Whisper's rate) in [-1, 1];
+- :func:`spoken_words` (classification: the six colours and four kinds) and :func:`spoken_sentences`
+  (speech recognition: captions, relations and questions) draw a :class:`SpokenData` for a split:
+  "train", "test" (the training voices at other speeds and pitches) or "held_out_voices";
+- :func:`play` gives an audio player, :func:`show_spectrogram` a picture.
+
 :func:`log_mel` computes Whisper's input features from their definition (STFT with a periodic Hann
 window, power spectrum, Slaney mel filter bank, log10, a floor 8 below the maximum, rescaling); the
 tests show it equal to ``transformers``' ``WhisperFeatureExtractor``. :func:`mel_filter_bank` is
@@ -166,7 +172,8 @@ def _synthesize_int16(text: str, voice: str, speed: int, pitch: int) -> np.ndarr
     except FileNotFoundError:
         raise EspeakMissing(_install_advice()) from None
     except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"espeak-ng failed on {text!r} with voice {voice!r}: {exc.stderr.decode().strip()}") from None
+        raise RuntimeError(f"espeak-ng failed on {text!r} with voice {voice!r}: "
+                           f"{exc.stderr.decode().strip()}") from None
     raw, rate = _read_wav(run.stdout)
     x = _trim(resample(raw.astype(np.float64), rate, SAMPLE_RATE))
     x = np.clip(np.round(x), -32768, 32767).astype(np.int16)
