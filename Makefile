@@ -44,16 +44,16 @@ JB_BUILD := $(BIN)/jupyter-book build . -W -n --keep-going
 # Each pytest stage of `make test` writes its tests' seconds to _build/timings/ (tools/ci_report.py).
 PYTEST := $(BIN)/python -m pytest -p tools.ci_report
 
-book: venv
+book: venv audio
 	$(JB_BUILD)
 	@echo "The book is built: open $(CURDIR)/_build/html/index.html"
 
-test-unit: venv
+test-unit: venv audio
 	$(PYTEST) --timings unit -q tests --ignore=tests/browser --ignore=tests/slow
 
 # nbval executes every notebook in a fresh kernel; tools/keep_executed.py keeps each notebook whose
 # cells all passed, with its outputs, in _build/executed/ for test-book.
-test-notebooks: venv
+test-notebooks: venv audio
 	$(PYTEST) --timings notebooks -p tools.keep_executed -q --nbval-lax --nbval-current-env -p no:randomly notebooks
 
 # The book as `make book` builds it, from every page again (--all), rendering the notebooks that
@@ -82,7 +82,7 @@ test:
 	@$(BIN)/python -m tools.ci_report
 	@echo "All test stages passed."
 
-lab: venv
+lab: venv audio
 	$(BIN)/jupyter lab notebooks
 
 student: venv
