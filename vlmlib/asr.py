@@ -13,8 +13,16 @@ tokenizer (:func:`vlmlib.tokenizer.shapes_tokenizer`: one token per word), so th
   <|transcribe|><|notimestamps|>``); a model with one language and one task needs none of them.
 
 Clips are padded or cut to ``frames`` (Whisper: 3000 = 30 s; here 4 s, enough for ShapesWorld's
-longest sentences), so ``max_source_positions`` is ``frames // 2``. :func:`word_error_rate` in
-:mod:`vlmlib.wer` measures the transcripts.
+longest sentences), so ``max_source_positions`` is ``frames // 2``. :func:`vlmlib.wer.word_error_rate`
+measures the transcripts (:func:`evaluate`).
+
+Training to a low word error rate takes about 20 minutes on one CPU core, longer than a chapter may
+run, so the package ships the trained model (``python -m tools.train_asr`` made it)::
+
+    model, record = load_shipped_asr()          # frozen; record["metrics"] holds its measured WER
+    transcribe(model, speech.log_mel(waves, max_frames=400))
+
+:func:`train_asr` trains one through the artifact cache (a shorter run, or on a GPU).
 """
 
 from __future__ import annotations
@@ -182,8 +190,10 @@ def train_asr(config: ASRConfig, log_mel, texts: Sequence[str], steps: int = 200
 
     if not isinstance(config, ASRConfig):
         raise TypeError(f"config must be an ASRConfig, got {type(config).__name__}")
-    recipe = {"model": config.to_dict(), "steps": steps, "batch": batch, "lr": lr, "max_shift": max_shift,
-              "seed": seed, "data": data_key if data_key is not None else {"n": len(texts)}}
+    recipe = {"model": config.to_dict(), "steps": checks.integer(steps, "steps", minimum=1),
+              "batch": checks.integer(batch, "batch", minimum=1), "lr": checks.number(lr, "lr", low=0.0, low_open=True),
+              "max_shift": checks.integer(max_shift, "max_shift", minimum=0), "seed": checks.integer(seed, "seed", minimum=0),
+              "data": data_key if data_key is not None else {"n": len(texts)}}
 
     def build() -> Artifact:
         model, history, seconds = fit_asr(config, log_mel, texts, steps, batch, lr, max_shift, seed)
