@@ -200,6 +200,18 @@ def test_chapter_7s_films_play(visits):
         assert frame.evaluate("i => i.complete && i.naturalWidth > 0"), "the current frame is not a loaded image"
 
 
+def test_chapter_9s_speech_plays(visits):
+    """Chapter 9's spoken sentences are audio players with sound in them, offline."""
+    page = visits["notebooks/09_speech_audio.html"].page
+    players = page.query_selector_all("article audio")
+    assert len(players) == 3, "chapter 9 should play one sentence in three voices"
+    for player in players:
+        player.scroll_into_view_if_needed()
+        duration = player.evaluate("a => new Promise(done => a.readyState >= 1 ? done(a.duration) : "
+                                   "(a.onloadedmetadata = () => done(a.duration), a.load()))")
+        assert 0.5 < duration < 10, f"the audio should last a few seconds, got {duration}"
+
+
 def test_the_denoising_animation_plays(visits):
     """Chapter 5's animation (matplotlib's JavaScript player) must run in the rendered page, offline."""
     page = visits["notebooks/05_diffusion.html"].page
