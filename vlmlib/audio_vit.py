@@ -153,6 +153,14 @@ def augment(log_mel: torch.Tensor, max_shift: int, generator: torch.Generator | 
     return torch.where(valid[:, None].to(log_mel.device), out, floor)
 
 
+def training_recipe(steps, batch, lr, max_shift, seed, data_key, n: int, min_batch: int = 1) -> dict:
+    """The checked settings of a cached training run on spectrograms (part of its cache key); ``data_key``
+    says how the ``n`` training clips were made (default ``{"n": n}``)."""
+    return {"steps": checks.integer(steps, "steps", minimum=1), "batch": checks.integer(batch, "batch", minimum=min_batch),
+            "lr": checks.number(lr, "lr", low=0.0, low_open=True), "max_shift": checks.integer(max_shift, "max_shift", minimum=0),
+            "seed": checks.integer(seed, "seed", minimum=0), "data": data_key if data_key is not None else {"n": n}}
+
+
 def train_word_classifier(config: AudioViTConfig, train_mel, train_labels, classes: int, steps: int = 400,
                           batch: int = 64, lr: float = 2e-3, max_shift: int = 8, seed: int = 0,
                           name: str = "audio-vit-words", data_key: dict | None = None, verbose: bool = True):
@@ -174,10 +182,8 @@ def train_word_classifier(config: AudioViTConfig, train_mel, train_labels, class
     X = check_log_mel(train_mel, "train_mel", config.n_mels, config.frames)
     classes = checks.integer(classes, "classes", minimum=2)
     Y = checks.labels(train_labels, "train_labels", classes=classes, length=len(X))
-    recipe = {"model": config.to_dict(), "classes": classes, "steps": checks.integer(steps, "steps", minimum=1),
-              "batch": checks.integer(batch, "batch", minimum=1), "lr": checks.number(lr, "lr", low=0.0, low_open=True),
-              "max_shift": checks.integer(max_shift, "max_shift", minimum=0), "seed": checks.integer(seed, "seed", minimum=0),
-              "data": data_key if data_key is not None else {"n": len(X)}}
+    recipe = {"model": config.to_dict(), "classes": classes,
+              **training_recipe(steps, batch, lr, max_shift, seed, data_key, len(X))}
 
     def build() -> Artifact:
         torch.manual_seed(seed)

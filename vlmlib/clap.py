@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checks
-from .audio_vit import AudioViTConfig, SpectrogramViT, augment, check_log_mel
+from .audio_vit import AudioViTConfig, SpectrogramViT, augment, check_log_mel, training_recipe
 from .clip import (LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, CLIPConfig, TextEncoder, clip_loss, recall_at_k, tokenize,
                    zero_shot_classifier, zero_shot_predict)
 from .shapesworld import COLOUR_NAMES, KINDS
@@ -213,10 +213,7 @@ def train_clap(config: CLAPConfig, log_mel, texts: Sequence[str], steps: int = 1
     if len(texts) != len(X):
         raise ValueError(f"texts must hold one transcript per clip ({len(X)}), got {len(texts)}")
     ids = tokenize(texts, config.max_length)                                 # (N, L), checked once here
-    recipe = {"model": config.to_dict(), "steps": checks.integer(steps, "steps", minimum=1),
-              "batch": checks.integer(batch, "batch", minimum=2), "lr": checks.number(lr, "lr", low=0.0, low_open=True),
-              "max_shift": checks.integer(max_shift, "max_shift", minimum=0), "seed": checks.integer(seed, "seed", minimum=0),
-              "data": data_key if data_key is not None else {"n": len(X)}}
+    recipe = {"model": config.to_dict(), **training_recipe(steps, batch, lr, max_shift, seed, data_key, len(X), min_batch=2)}
 
     def build() -> Artifact:
         torch.manual_seed(seed)
