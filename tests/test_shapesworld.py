@@ -124,3 +124,20 @@ def test_bad_sample_arguments_are_clear_errors(world):
 def test_other_image_sizes_render():
     d = ShapesWorld(image_size=64, seed=0).sample(5)
     assert d.images.shape == (5, 64, 64, 3) and d.tensor(torch.device("cpu")).dtype == torch.float32
+
+
+def test_draw_places_shapes_where_asked_and_checks_input():
+    from vlmlib.shapesworld import draw, place
+    s = place("red", "square", "large", 5.5, 26.5)
+    assert s.position == "bottom left" and abs(s.radius - 0.16 * 32) < 1e-6
+    img = draw([s], seed=3, noise=0.0)
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32
+    red = torch.tensor([0.90, 0.16, 0.14])
+    assert (img[:, 26, 5] - red).abs().max() < 0.07          # the shape's centre is red (tint ±0.06)
+    assert (img[:, 5, 26] - red).abs().max() > 0.3             # the opposite corner is background
+    assert torch.equal(draw([s], seed=3), draw([s], seed=3))   # deterministic
+    assert draw([], noise=0.0).std(dim=(1, 2)).max() < 1e-6     # background alone is flat
+    with pytest.raises(TypeError, match="list of Shape"):
+        draw(s)
+    with pytest.raises(ValueError, match="size"):
+        place("red", "square", "huge", 5, 5)

@@ -424,6 +424,43 @@ class ShapesWorld:
         return np.clip(img, 0.0, 1.0, out=img)
 
 
+def place(colour: str, kind: str, size: str, x: float, y: float, image_size: int = 32,
+          rng: np.random.Generator | None = None) -> Shape:
+    """A :class:`Shape` centred at pixel ``(x, y)`` of an ``image_size`` image, with ShapesWorld's radius
+    for ``size`` (and its small radius jitter when ``rng`` is given). Its ``position`` is the 3×3 cell
+    that holds the centre. Chapters 10 and 11 place shapes with it and draw them with :func:`draw`."""
+    image_size = checks.integer(image_size, "image_size", minimum=16)
+    size = _check_choice(size, SIZES, "size")
+    radius = _RADIUS[size] + (0.0 if rng is None else float(_check_rng(rng).uniform(-_RADIUS_JITTER, _RADIUS_JITTER)))
+    x, y = checks.number(x, "x"), checks.number(y, "y")
+    return Shape(colour, kind, size, position_name(x, y, image_size), float(x), float(y), float(radius * image_size))
+
+
+def draw(shapes: Sequence[Shape], image_size: int = 32, noise: float = 0.03, seed: int = 0) -> torch.Tensor:
+    """One image (3, S, S) in [0, 1] of ``shapes`` drawn where their ``x``, ``y`` and ``radius`` say,
+    by ShapesWorld's renderer: the same background, colours, tints and pixel noise as
+    :meth:`ShapesWorld.sample`, all drawn from ``seed``. Later shapes are drawn over earlier ones.
+    Any number of shapes (0 gives the background alone); they need not sit on the 3×3 grid."""
+    if isinstance(shapes, Shape) or not isinstance(shapes, (list, tuple)):
+        raise TypeError(f"shapes must be a list of Shape, got {checks._given(shapes)}")
+    bad = [i for i, s in enumerate(shapes) if not isinstance(s, Shape)]
+    if bad:
+        raise TypeError(f"shapes must hold Shape objects; item {bad[0]} is {type(shapes[bad[0]]).__name__}")
+    S = checks.integer(image_size, "image_size", minimum=16)
+    noise = checks.number(noise, "noise", low=0.0, high=0.5)
+    rng = np.random.default_rng([checks.integer(seed, "seed", minimum=0), 11])
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
+    img = np.empty((S, S, 3), dtype=np.float32)
+    img[:] = rng.uniform(0.04, 0.20) + rng.uniform(-0.03, 0.03, 3)
+    for s in shapes:
+        cover = np.clip(_SDF[s.kind](xx - np.float32(s.x), yy - np.float32(s.y), np.float32(s.radius)) + 0.5, 0.0, 1.0)
+        rgb = np.clip(np.array(COLOURS[s.colour], dtype=np.float32) + rng.uniform(-0.06, 0.06, 3), 0, 1)
+        img = img * (1 - cover[..., None]) + rgb.astype(np.float32) * cover[..., None]
+    if noise > 0:
+        img = img + rng.normal(0.0, noise, img.shape).astype(np.float32)
+    return torch.from_numpy(np.clip(img, 0.0, 1.0).astype(np.float32)).permute(2, 0, 1).contiguous()
+
+
 def _check_held_out(held_out) -> tuple[tuple[str, str], ...]:
     """``held_out`` as a tuple of known (colour, kind) pairs; a string or a flat list is refused."""
     example = "held_out=[('red', 'circle')]"
