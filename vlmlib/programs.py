@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import ast
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -335,3 +336,341 @@ def check_scene(scene: Any, spec: Any) -> tuple[bool, str]:
         return True, ""
     asked = ", ".join(f"{k}={v}" for k, v in spec.items())
     return False, f"expected exactly one shape with {asked}; got: {names}"
+
+
+# -- checking: from text to instructions ----------------------------------------------------------
+class _Refused(Exception):
+    """A program that cannot run; the message is the reason shown to the writer."""
+
+
+@dataclass(frozen=True)
+class _Add:
+    line: int
+    kind: Any
+    colour: Any
+    size: Any
+    cell: tuple[Any, Any]          # ints, or the loop variable's name
+
+
+@dataclass(frozen=True)
+class _Loop:
+    line: int
+    var: str
+    start: int
+    stop: int
+    body: tuple[_Add, ...]
+
+
+#: Statements that are not in the language, by how a reason names them.
+_STATEMENTS = {
+    ast.Import: "import is", ast.ImportFrom: "import is", ast.While: "while loops are", ast.If: "if statements are",
+    ast.FunctionDef: "def (functions) is", ast.AsyncFunctionDef: "def (functions) is", ast.ClassDef: "class is",
+    ast.Assign: "assignments are", ast.AugAssign: "assignments are", ast.AnnAssign: "assignments are",
+    ast.With: "with is", ast.AsyncWith: "with is", ast.AsyncFor: "async for is", ast.Try: "try is",
+    ast.Raise: "raise is", ast.Return: "return is", ast.Delete: "del is", ast.Global: "global is",
+    ast.Nonlocal: "nonlocal is", ast.Pass: "pass is", ast.Break: "break is", ast.Continue: "continue is",
+    ast.Assert: "assert is", ast.Match: "match is",
+}
+#: Expressions refused wherever they appear, by how a reason names them.
+_EXPRESSIONS = {
+    ast.Lambda: "lambda is", ast.JoinedStr: "f-strings are", ast.NamedExpr: ":= is", ast.Await: "await is",
+    ast.Yield: "yield is", ast.YieldFrom: "yield is", ast.ListComp: "comprehensions are",
+    ast.SetComp: "comprehensions are", ast.DictComp: "comprehensions are", ast.GeneratorExp: "comprehensions are",
+}
+_SHOW = 40                          # the most characters of source a reason quotes
+
+
+def _show(source: str, node: ast.AST) -> str:
+    """The source text of ``node`` (no recursion over the tree), shortened for a reason."""
+    text = ast.get_source_segment(source, node) or type(node).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= _SHOW else text[:_SHOW - 1] + "…"
+
+
+def _refuse(node: ast.AST, message: str) -> _Refused:
+    return _Refused(f"line {getattr(node, 'lineno', '?')}: {message}")
+
+
+def _banned(statement: ast.AST) -> None:
+    """Refuse what no program may hold anywhere: names and attributes with underscores, lambda,
+    f-strings and the like. ``ast.walk`` visits the tree with a queue (no recursion), so a deeply
+    nested expression cannot exhaust the stack here."""
+    found = []
+    for node in ast.walk(statement):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            found.append((node, f"attribute {node.attr} is not allowed"))
+        elif isinstance(node, ast.Name) and node.id.startswith("__"):
+            found.append((node, f"name {node.id} is not allowed"))
+        elif type(node) in _EXPRESSIONS:
+            found.append((node, f"{_EXPRESSIONS[type(node)]} not allowed"))
+    if found:                                  # the first in the text (the innermost of a chain a.b.c)
+        node, message = min(found, key=lambda f: (f[0].lineno, f[0].end_lineno, f[0].end_col_offset))
+        raise _refuse(node, message)
+
+
+def _literal_int(node: ast.AST) -> int | None:
+    """The value of an integer literal such as ``2`` or ``-1``; None for anything else (True too)."""
+    sign = 1
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        sign, node = -1, node.operand
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return sign * node.value
+    return None
+
+
+def _string(node: ast.AST, what: str, example: str, source: str) -> str:
+    if isinstance(node, ast.Constant) and type(node.value) is str:
+        return node.value
+    raise _refuse(node, f"{what} must be a string such as {example}, got {_show(source, node)}")
+
+
+def _add(node: ast.AST, source: str, var: str | None) -> _Add:
+    """An expression statement: it must be a ``scene.add(...)`` call with the allowed arguments."""
+    call = node.value
+    func = getattr(call, "func", None)
+    if not (isinstance(call, ast.Call) and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+            and func.value.id == "scene"):
+        got = f"{_show(source, func)}(...)" if isinstance(call, ast.Call) else _show(source, call)
+        raise _refuse(node, f"only scene.add(...) calls are allowed, got {got}")
+    if func.attr != "add":
+        raise _refuse(node, f"scene has only the method add, got scene.{func.attr}")
+    usage = 'scene.add("circle", colour="red", size="small", cell=(0, 2))'
+    if any(isinstance(a, ast.Starred) for a in call.args):
+        raise _refuse(node, f"scene.add(*...) is not allowed; write the arguments out: {usage}")
+    if any(k.arg is None for k in call.keywords):
+        raise _refuse(node, f"scene.add(**...) is not allowed; write the arguments out: {usage}")
+    if len(call.args) != 1:
+        raise _refuse(node, f"scene.add takes the kind as its one positional argument, got {len(call.args)}: {usage}")
+    kind = _string(call.args[0], "the kind", '"circle"', source)
+    given = {k.arg: k.value for k in call.keywords}
+    unknown = [k for k in given if k not in ("colour", "size", "cell")]
+    if unknown:
+        raise _refuse(node, f"scene.add has no keyword {unknown[0]}; it takes colour=, size= and cell=")
+    missing = [k for k in ("colour", "size", "cell") if k not in given]
+    if missing:
+        raise _refuse(node, f"scene.add needs colour=, size= and cell=; {' and '.join(missing)} missing: {usage}")
+    colour = _string(given["colour"], "colour", '"red"', source)
+    size = _string(given["size"], "size", '"small"', source)
+    cell = given["cell"]
+    if not isinstance(cell, ast.Tuple) or len(cell.elts) != 2:
+        raise _refuse(node, f"cell must be a pair (row, col) such as (0, 2), got {_show(source, cell)}")
+    parts = []
+    for part in cell.elts:
+        value = _literal_int(part)
+        if value is not None:
+            parts.append(value)
+        elif isinstance(part, ast.Name) and part.id == var:
+            parts.append(var)
+        elif isinstance(part, ast.Name):
+            where = f"only the loop variable {var} can be used here" if var else "there is no loop variable here"
+            raise _refuse(node, f"unknown name {part.id} in cell; {where}")
+        else:
+            raise _refuse(node, f"the row and col of cell must be whole numbers or the loop variable, "
+                                f"got {_show(source, part)}")
+    return _Add(node.lineno, kind, colour, size, tuple(parts))
+
+
+def _loop(node: ast.For, source: str) -> _Loop:
+    if not isinstance(node.target, ast.Name):
+        raise _refuse(node, f"the loop variable must be one name such as col, got {_show(source, node.target)}")
+    var = node.target.id
+    if var in ("scene", "range"):
+        raise _refuse(node, f"the loop variable cannot be called {var}")
+    it = node.iter
+    if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"):
+        raise _refuse(node, f"a loop must run over range(...), got {_show(source, it)}")
+    bounds = [_literal_int(a) for a in it.args]
+    if it.keywords or not 1 <= len(bounds) <= 2 or None in bounds:
+        raise _refuse(node, f"range takes 1 or 2 whole-number literals such as range(3) or range(1, 3), "
+                            f"got {_show(source, it)}")
+    start, stop = (0, bounds[0]) if len(bounds) == 1 else bounds
+    count = max(0, stop - start)             # not len(range(...)): that overflows for huge literals
+    if count > MAX_ITERATIONS:
+        raise _refuse(node, f"{_show(source, it)} has {count} iterations; at most {MAX_ITERATIONS} are allowed")
+    if node.orelse:
+        raise _refuse(node, "for ... else is not allowed")
+    body = []
+    for statement in node.body:
+        if isinstance(statement, (ast.For, ast.AsyncFor, ast.While)):
+            raise _refuse(statement, "loops inside loops are not allowed (a program has one level of loops)")
+        if not isinstance(statement, ast.Expr):
+            raise _statement_refused(statement)
+        body.append(_add(statement, source, var))
+    return _Loop(node.lineno, var, start, stop, tuple(body))
+
+
+def _statement_refused(node: ast.AST) -> _Refused:
+    what = _STATEMENTS.get(type(node), f"{type(node).__name__} is")
+    return _refuse(node, f"{what} not allowed; a program is scene.add(...) calls and for loops over range(...)")
+
+
+def _compile(source: str) -> list:
+    """Parse and check ``source``; the instructions it stands for. Raises ``_Refused`` with a reason."""
+    if len(source) > MAX_CHARS:
+        raise _Refused(f"the program is {len(source)} characters long; at most {MAX_CHARS} are allowed")
+    try:
+        with warnings.catch_warnings():           # "invalid escape sequence" and the like: not the writer's concern here
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source, mode="exec")
+    except SyntaxError as e:
+        where = f"line {e.lineno}: " if e.lineno else ""
+        raise _Refused(f"{where}Python cannot read this: {e.msg}") from None
+    except (ValueError, RecursionError, MemoryError, OverflowError) as e:
+        raise _Refused(f"Python cannot read this: {type(e).__name__}: {str(e)[:80]}") from None
+    instructions = []
+    for node in tree.body:
+        _banned(node)
+        if isinstance(node, ast.Expr):
+            instructions.append(_add(node, source, None))
+        elif isinstance(node, ast.For):
+            instructions.append(_loop(node, source))
+        else:
+            raise _statement_refused(node)
+    return instructions
+
+
+# -- interpreting: instructions to a scene ---------------------------------------------------------
+@dataclass
+class Result:
+    """What running a program gave: ``ok`` and, when not, the ``reason``; the ``shapes`` placed (ground
+    truth) and the ``image`` (3, 32, 32) drawn from them (None when the program failed)."""
+
+    ok: bool
+    reason: str
+    shapes: list[Shape] = field(default_factory=list)
+    image: torch.Tensor | None = None
+
+
+def _interpret(instructions: list) -> list[tuple[str, str, str, tuple[int, int]]]:
+    """Run the instructions: (kind, colour, size, cell) per shape. Raises ``_Refused`` with a reason."""
+    deadline = time.perf_counter() + TIME_LIMIT
+    steps, placed = 0, {}
+
+    def add(op: _Add, env: dict[str, int]) -> None:
+        nonlocal steps
+        steps += 1
+        if steps > STEP_LIMIT:
+            raise _Refused(f"line {op.line}: the program ran more than {STEP_LIMIT} steps")
+        if time.perf_counter() >= deadline:
+            raise _Refused(f"line {op.line}: the program ran past its time limit of {TIME_LIMIT} s")
+        for value, what, options in ((op.kind, "kind", KINDS), (op.colour, "colour", COLOUR_NAMES),
+                                     (op.size, "size", SIZES)):
+            if value not in options:
+                raise _Refused(f"line {op.line}: unknown {what} {value[:_SHOW]!r}; the {what}s are {', '.join(options)}")
+        cell = tuple(env[p] if isinstance(p, str) else p for p in op.cell)
+        if not all(0 <= p <= 2 for p in cell):
+            shown = ", ".join(str(p) if abs(p) < 1000 else "…" for p in cell)
+            raise _Refused(f"line {op.line}: cell ({shown}) is outside the 3×3 grid (row and col go from 0 to 2)")
+        if cell in placed:
+            line, kind, colour, size = placed[cell]
+            raise _Refused(f"line {op.line}: cell {cell} already holds the {size} {colour} {kind} of line {line}")
+        if len(placed) == MAX_SHAPES:
+            raise _Refused(f"line {op.line}: a scene holds at most {MAX_SHAPES} shapes (the scene judge reads "
+                           f"scenes of 1 to {MAX_SHAPES})")
+        placed[cell] = (op.line, op.kind, op.colour, op.size)
+
+    for op in instructions:
+        if isinstance(op, _Add):
+            add(op, {})
+        else:
+            for value in range(op.start, op.stop):
+                for inner in op.body:
+                    add(inner, {op.var: value})
+    if not placed:
+        raise _Refused("the program adds no shape; a scene needs 1 to 3")
+    return [(kind, colour, size, cell) for cell, (_, kind, colour, size) in placed.items()]
+
+
+def run(source: str, seed: int = 0) -> Result:
+    """Check and run a program; never raises on any text (failures are a :class:`Result` with a reason).
+
+    Each shape is placed (:func:`vlmlib.shapesworld.place`) at its cell's centre plus ShapesWorld's
+    ±2 px jitter and radius jitter, drawn from ``seed``, and the scene is drawn with
+    :func:`vlmlib.shapesworld.draw` (the same ``seed``).
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a program as a string, got {checks._given(source)}")
+    seed = checks.integer(seed, "seed", minimum=0)
+    try:
+        placed = _interpret(_compile(source))
+    except _Refused as e:
+        return Result(False, str(e))
+    from .shapesworld import draw
+
+    rng = np.random.default_rng([seed, 10])
+    shapes = []
+    for kind, colour, size, (row, col) in placed:
+        x = (col + 0.5) * _IMAGE_SIZE / 3 + rng.uniform(-_JITTER, _JITTER) * _IMAGE_SIZE
+        y = (row + 0.5) * _IMAGE_SIZE / 3 + rng.uniform(-_JITTER, _JITTER) * _IMAGE_SIZE
+        shapes.append(place(colour, kind, size, x, y, _IMAGE_SIZE, rng=rng))
+    return Result(True, "", shapes, draw(shapes, _IMAGE_SIZE, seed=seed))
+
+
+def passes(source: str, spec: Any, seed: int = 0) -> Result:
+    """Run ``source`` and judge its scene by ground truth (:func:`check_scene`): ``ok`` when it ran and
+    meets ``spec``; otherwise ``reason`` says what failed (the run, or the spec)."""
+    spec = check_spec(spec)
+    result = run(source, seed)
+    if result.ok:
+        result.ok, result.reason = check_scene(result.shapes, spec)
+    return result
+
+
+def judge_pixels(images: Any, specs: Sequence[Any], model=None) -> list[tuple[bool, str]]:
+    """Judge images by what the scene judge reads in their pixels: per image ``(ok, reason)``, ok when the
+    judge calls it a valid scene (validity > 0.5) and the scene it reads meets the spec
+    (:func:`check_scene`, the rule used on ground truth). Works for drawn programs and for chapter 6's
+    generated images alike. ``model=None`` uses the shipped judge."""
+    from . import judge as J
+    from .scene_judge import _model
+
+    model = _model(model)
+    images = J.check_images(images)
+    if isinstance(specs, Mapping) or not isinstance(specs, (list, tuple)):
+        raise TypeError(f"specs must be a list of specs, one per image, got {checks._given(specs)}")
+    if len(specs) != len(images):
+        raise ValueError(f"specs must hold one spec per image ({len(images)}), got {len(specs)}")
+    specs = [check_spec(s, f"specs[{i}]") for i, s in enumerate(specs)]
+    scenes, validity = model.read_scenes(images), model.validity(images).tolist()
+    out = []
+    for scene, spec, v in zip(scenes, specs, validity):
+        if v <= 0.5:
+            out.append((False, f"the judge sees no valid ShapesWorld scene (validity {v:.2f})"))
+        else:
+            ok, reason = check_scene(scene, spec)
+            out.append((ok, reason and f"the judge reads: {reason}"))
+    return out
+
+
+# -- pass@k ---------------------------------------------------------------------------------------
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of pass@k from ``n`` samples of which ``c`` are correct (Chen et al., 2021):
+    the chance that at least one of ``k`` samples drawn without replacement from the ``n`` is correct,
+    1 − C(n−c, k)/C(n, k), computed as 1 − ∏_{i=n−c+1}^{n} (1 − k/i), which needs no huge binomials.
+    (1 − (1 − c/n)^k, drawing with replacement, is biased.)"""
+    n = checks.integer(n, "n", minimum=1)
+    c = checks.integer(c, "c", minimum=0, maximum=n)
+    k = checks.integer(k, "k", minimum=1, maximum=n)
+    if n - c < k:                           # every k-subset holds a correct sample
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_at_k_table(correct: Sequence[Sequence[bool]], ks: Sequence[int]) -> dict[int, float]:
+    """pass@k for each k of ``ks``, averaged over problems; ``correct[i]`` holds whether each sample of
+    problem ``i`` was correct (every problem needs at least max(ks) samples)."""
+    if isinstance(correct, (str, bytes)) or not isinstance(correct, (list, tuple)) or not correct:
+        raise TypeError(f"correct must be a non-empty list with one list of booleans per problem, "
+                        f"got {checks._given(correct)}")
+    counts = []
+    for i, row in enumerate(correct):
+        if not isinstance(row, (list, tuple)) or not all(isinstance(b, (bool, np.bool_)) for b in row):
+            raise TypeError(f"correct[{i}] must be a list of booleans (one per sample), got {checks._given(row)}")
+        counts.append((len(row), int(sum(row))))
+    if isinstance(ks, (int, np.integer)) or not isinstance(ks, (list, tuple)) or not ks:
+        raise TypeError(f"ks must be a non-empty list of integers such as [1, 5], got {checks._given(ks)}")
+    fewest = min(n for n, _ in counts)
+    ks = [checks.integer(k, f"ks[{i}]", minimum=1) for i, k in enumerate(ks)]
+    if max(ks) > fewest:
+        raise ValueError(f"pass@{max(ks)} needs at least {max(ks)} samples per problem; one problem has {fewest}")
+    return {k: float(np.mean([pass_at_k(n, c, k) for n, c in counts])) for k in ks}
