@@ -16,6 +16,10 @@ as "three small red circles in the top row", and writes a program that draws it:
   :data:`MAX_ITERATIONS` (9) iterations, over a body of ``scene.add`` calls. Inside the body, the
   loop variable may stand for the row or the column of ``cell``. Loops do not nest.
 
+The canonical text (:func:`format_program`, :func:`line_program`, what the reference programs are
+written in) uses double quotes, four spaces of indentation and ``\n`` line ends; comments, blank
+lines, single quotes and other indentation that Python reads are accepted too.
+
 That is all: no variables, arithmetic, other functions, imports or attributes. The language is
 small on purpose: a program is checked before it runs, and what is not on the allow-list is refused
 with a reason that names the line and the construct.
@@ -76,8 +80,11 @@ import numpy as np
 import torch
 
 from . import checks
+from . import judge as J
+from .scene_judge import _as_scene, _model, faithful, two_shape_outcome
+from .scene_judge import check_spec as _judge_spec
 from .shapesworld import (COLOUR_NAMES, HELD_OUT, KINDS, NUMBER_WORDS, POSITION_PHRASES, POSITIONS, RELATIONS,
-                          SIZES, Shape, caption, place)
+                          SIZES, Shape, caption, draw, place)
 
 #: A program longer than this is refused before it is parsed.
 MAX_CHARS = 2000
@@ -129,8 +136,6 @@ def _add_line(kind: str, colour: str, size: str, cell: tuple[Any, Any], indent: 
 def format_program(shapes: Sequence[Any]) -> str:
     """The canonical program that adds ``shapes`` (a list of :class:`~vlmlib.shapesworld.Shape` or of
     dicts with ``colour``, ``kind``, ``size`` and ``position``), one ``scene.add`` line each, in order."""
-    from .scene_judge import _as_scene
-
     scene = _as_scene(shapes, "shapes")
     if not scene:
         raise ValueError("shapes is empty: a program adds at least one shape")
@@ -274,9 +279,6 @@ def _name(s: Mapping[str, str]) -> str:
 def check_spec(spec: Any, name: str = "spec") -> dict:
     """A spec, checked and normalised: one of :class:`Example`'s three forms, or any spec of
     :func:`vlmlib.scene_judge.check_spec` (chapter 6's one- and two-shape prompts)."""
-    from .scene_judge import _as_scene
-    from .scene_judge import check_spec as judge_spec
-
     if isinstance(spec, Mapping) and "scene" in spec:
         if set(spec) != {"scene"}:
             raise ValueError(f"a scene {name} has the one key 'scene', got {sorted(spec)}")
@@ -293,7 +295,7 @@ def check_spec(spec: Any, name: str = "spec") -> dict:
                 "colour": checks.choice(spec["colour"], f"{name}['colour']", COLOUR_NAMES),
                 "kind": checks.choice(spec["kind"], f"{name}['kind']", KINDS),
                 "size": checks.choice(spec["size"], f"{name}['size']", SIZES)}
-    return judge_spec(spec, name)
+    return _judge_spec(spec, name)
 
 
 def check_scene(scene: Any, spec: Any) -> tuple[bool, str]:
@@ -302,8 +304,6 @@ def check_scene(scene: Any, spec: Any) -> tuple[bool, str]:
     ``scene`` is a list of :class:`~vlmlib.shapesworld.Shape` (a run's ground truth) or of the dicts
     that the scene judge reads (pixels); the same rules judge both. ``spec`` is checked by :func:`check_spec`.
     """
-    from .scene_judge import _as_scene, faithful, two_shape_outcome
-
     scene, spec = _as_scene(scene), check_spec(spec)
     names = ", ".join(_name(s) for s in scene) or "no shape"
     if "scene" in spec:
@@ -595,8 +595,6 @@ def run(source: str, seed: int = 0) -> Result:
         placed = _interpret(_compile(source))
     except _Refused as e:
         return Result(False, str(e))
-    from .shapesworld import draw
-
     rng = np.random.default_rng([seed, 10])
     shapes = []
     for kind, colour, size, (row, col) in placed:
@@ -621,9 +619,6 @@ def judge_pixels(images: Any, specs: Sequence[Any], model=None) -> list[tuple[bo
     judge calls it a valid scene (validity > 0.5) and the scene it reads meets the spec
     (:func:`check_scene`, the rule used on ground truth). Works for drawn programs and for chapter 6's
     generated images alike. ``model=None`` uses the shipped judge."""
-    from . import judge as J
-    from .scene_judge import _model
-
     model = _model(model)
     images = J.check_images(images)
     if isinstance(specs, Mapping) or not isinstance(specs, (list, tuple)):
