@@ -17,7 +17,7 @@ as "three small red circles in the top row", and writes a program that draws it:
   loop variable may stand for the row or the column of ``cell``. Loops do not nest.
 
 The canonical text (:func:`format_program`, :func:`line_program`, what the reference programs are
-written in) uses double quotes, four spaces of indentation and ``\n`` line ends; comments, blank
+written in) uses double quotes, four spaces of indentation and Unix line ends; comments, blank
 lines, single quotes and other indentation that Python reads are accepted too.
 
 That is all: no variables, arithmetic, other functions, imports or attributes. The language is
@@ -58,9 +58,9 @@ the canonical text, a spec (what counts as correct) and a family:
 
 Splits follow ShapesWorld's held-out colour–kind pairs (:data:`vlmlib.shapesworld.HELD_OUT`):
 ``"train"`` and ``"test"`` never name a held-out pair (they are two streams of the same
-distribution, so a test description may also occur in the training set: the families have only
-hundreds to a few thousand distinct descriptions); every ``"holdout"`` description names at least one
-held-out pair, a composition the model never saw.
+distribution, so a test description may also occur in the training set: there are only 480 line
+and 1,520 relation descriptions, and 360 of one shape; scenes of two and three shapes rarely repeat);
+every ``"holdout"`` description names at least one held-out pair, a composition the model never saw.
 
 **Judging.** :func:`check_scene` decides whether a scene meets a spec, with a reason. It is used on
 the ground truth of a run (:func:`passes`: judged by execution) and on what the scene judge reads in
