@@ -329,3 +329,13 @@ def test_pass_at_k_table_averages_over_problems():
         P.pass_at_k_table(correct, [5])
     with pytest.raises(TypeError, match="correct"):
         P.pass_at_k_table([], [1])
+
+
+def test_allowed_checks_without_running():
+    from vlmlib.programs import allowed
+    assert allowed('scene.add("circle", colour="red", size="small", cell=(0, 2))') == (True, "")
+    ok, reason = allowed("import os")
+    assert not ok and "import is not allowed" in reason
+    assert allowed('scene.add("circle", colour="pink", size="small", cell=(0, 2))')[0]   # fails only when run
+    with pytest.raises(TypeError, match="string"):
+        allowed(None)

@@ -529,6 +529,19 @@ def _compile(source: str) -> list:
     return instructions
 
 
+def allowed(source: str) -> tuple[bool, str]:
+    """Whether ``source`` is a program of the language: parsed and checked against the allow-list,
+    nothing run. ``(True, "")``, or ``(False, reason)``. A program can be allowed and still fail when
+    it runs (an unknown colour, a cell outside the grid): :func:`run` says so."""
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a program as a string, got {checks._given(source)}")
+    try:
+        _compile(source)
+    except _Refused as e:
+        return False, str(e)
+    return True, ""
+
+
 # -- interpreting: instructions to a scene ---------------------------------------------------------
 @dataclass
 class Result:
