@@ -31,6 +31,7 @@ def test_moves_push_and_blocks():
     assert s2.agent == (2, 3) and cells(s2) == [(2, 4), (0, 0)]
     assert gw.step(s2, "right") == s2               # blocked: the circle cannot leave the grid
     assert gw.step(s, "up").agent == (1, 1) and gw.step(s, 3) == s1     # plain move; actions by index
+    assert gw.step(s, "stop") == s and gw.ACTIONS == gw.MOVES + ("stop",)
     corner = scene((0, 0), ("red", "circle", (4, 4)))
     assert gw.step(corner, "up") == corner and gw.step(corner, "left") == corner   # walls
 
@@ -85,8 +86,10 @@ def test_expert_plans_are_shortest_against_brute_force():
     checked = 0
     for task in gw.tasks(90, "train", seed=5):
         plan = gw.expert_plan(task.start, task)
-        if len(plan) <= 6:
-            assert shortest_by_brute_force(task, len(plan)) == len(plan), task.instruction
+        moves = len(plan) - 1
+        assert plan[-1] == "stop" and "stop" not in plan[:-1]
+        if moves <= 6:
+            assert shortest_by_brute_force(task, moves) == moves, task.instruction
             checked += 1
     assert checked >= 60
 
@@ -96,9 +99,9 @@ def test_expert_plans_succeed_for_every_family_and_split(all_tasks):
         assert len(ts) == 200 and {t.family for t in ts} == {fam} and {t.split for t in ts} == {split}
         for t in ts:
             plan = gw.expert_plan(t.start, t)
-            assert 1 <= len(plan) <= gw.MAX_PLAN
+            assert 1 <= len(plan) - 1 <= gw.MAX_PLAN and plan[-1] == "stop"
             s = t.start
-            for k, a in enumerate(plan):
+            for a in plan[:-1]:
                 assert not gw.success(s, t)
                 s = gw.step(s, a)
             assert gw.success(s, t), (split, fam, t.instruction)
@@ -108,17 +111,16 @@ def test_expert_action_from_any_state_starts_a_shortest_plan():
     rng = np.random.default_rng(1)
     for task in gw.tasks(60, "test", seed=2):
         s = task.start
-        for a in gw.expert_plan(s, task):           # on the path: the same actions, one by one
+        for a in gw.expert_plan(s, task)[:-1]:      # on the path: the same actions, one by one
             assert gw.expert_action(s, task) == a
             s = gw.step(s, a)
-        assert gw.expert_action(s, task) is None and gw.expert_plan(s, task) == []
+        assert gw.expert_action(s, task) == "stop" and gw.expert_plan(s, task) == ["stop"]
         s = task.start                              # off the path, after random moves
         for _ in range(6):
             s = gw.step(s, gw.ACTIONS[int(rng.integers(4))])
         plan = gw.expert_plan(s, task)
-        if plan:
-            after = gw.expert_plan(gw.step(s, plan[0]), task)
-            assert after == plan[1:]
+        if plan is not None and len(plan) > 1:
+            assert gw.expert_plan(gw.step(s, plan[0]), task) == plan[1:]
 
 
 def test_expert_says_none_when_the_task_cannot_be_done():
@@ -127,7 +129,7 @@ def test_expert_says_none_when_the_task_cannot_be_done():
                    direction="up")
     stuck = scene((3, 1), ("red", "circle", (4, 0)))      # in the corner: it can never go back up
     assert gw.expert_plan(stuck, push) is None and gw.expert_action(stuck, push) is None
-    assert gw.expert_plan(start, push) == ["down", "right", "up"]
+    assert gw.expert_plan(start, push) == ["down", "right", "up", "stop"]
 
 
 # -- instructions and splits --------------------------------------------------------------------------
@@ -180,6 +182,10 @@ def test_referring_expressions_are_unambiguous(all_tasks):
             fits = [j for j, s in enumerate(t.start.shapes) if j != t.anchor
                     and gw._relation_holds(t.relation, s.cell, anchor)]
             assert fits == [t.target]
+            state = t.start                     # and the words keep fitting along the expert's path
+            for a in gw.expert_plan(t.start, t):
+                state = gw.step(state, a)
+                assert gw._referent(state, t.anchor, t.relation) == t.target
 
 
 def test_push_instructions_name_their_direction(all_tasks):
@@ -250,10 +256,20 @@ def test_run_episode_with_the_expert_and_frames():
     assert torch.equal(film, gw.frames(gw.run_episode(gw.expert_policy(t), t)))     # rendered from the states
 
 
-def test_run_episodes_stops_at_max_steps_and_checks_the_policy():
+def test_success_needs_a_stop_in_the_right_place():
     ts = gw.tasks(6, "train", seed=9)
+    # The expert's moves without its stop reach the goal, but the episode runs out of steps there.
+    plans = {t.instruction: gw.expert_plan(t.start, t) for t in ts}
+    walk = [gw.run_episode(gw.expert_policy(t), t, max_steps=len(plans[t.instruction]) - 1) for t in ts]
+    assert all(not e.success and gw.success(e.states[-1], e.task) for e in walk)
     eps = gw.run_episodes(lambda images, texts: ["left"] * len(texts), ts, max_steps=3)
-    assert all(e.steps <= 3 and (e.success or e.steps == 3) for e in eps)
+    assert all(not e.success and e.steps == 3 for e in eps)
+    eps = gw.run_episodes(lambda images, texts: ["stop"] * len(texts), ts)      # stopping at once fails
+    assert all(not e.success and e.steps == 1 for e in eps)
+
+
+def test_run_episodes_checks_the_policy():
+    ts = gw.tasks(6, "train", seed=9)
     assert all(gw.default_max_steps(t) >= 12 for t in ts)
     with pytest.raises(ValueError, match="action"):
         gw.run_episode(lambda image, text: "jump", ts[0])
@@ -267,6 +283,8 @@ def test_demonstrations_replay_to_success():
     demos = gw.demonstrations(12, "train", seed=2)
     assert demos.images.shape == (len(demos), 3, 50, 50) and demos.actions.dtype == torch.long
     assert len(demos) == sum(len(gw.expert_plan(t.start, t)) for t in demos.tasks)
+    last = torch.cat([(demos.episode[1:] != demos.episode[:-1]).nonzero()[:, 0], torch.tensor([len(demos) - 1])])
+    assert (demos.actions[last] == gw.ACTIONS.index("stop")).all() and (demos.actions == 4).sum() == len(demos.tasks)
     image, text, action = demos[0]
     assert text == demos.tasks[0].instruction and action == gw.expert_plan(demos.tasks[0].start, demos.tasks[0])[0]
     assert torch.equal(image, gw.render(demos.tasks[0].start, demos.tasks[0].seed))
@@ -278,7 +296,7 @@ def test_clear_errors_on_bad_input():
     with pytest.raises(ValueError, match=re.escape("action must be one of")):
         gw.step(t.start, "jump")
     with pytest.raises(ValueError, match="action"):
-        gw.step(t.start, 4)
+        gw.step(t.start, 5)
     with pytest.raises(TypeError, match="state must be a gridworld.State"):
         gw.step("start", "up")
     with pytest.raises(ValueError, match="split"):

@@ -11,10 +11,20 @@ of its kinds, so the agent is never mistaken for a shape. Images are drawn exact
 :func:`shapesworld.draw` draws the shapes (same background, tints and noise; a test checks the
 pixels against it), with the ring laid on before the noise.
 
-**Actions and dynamics.** :data:`ACTIONS` = up, down, left, right. The agent moves one cell. Moving
-into a shape's cell **pushes** the shape one cell on, if the cell beyond is inside the grid and
-free; otherwise the move is blocked and the agent stays (so does a move into the wall). The agent
-never passes through a shape, and shapes never push each other. Everything is deterministic.
+**Actions and dynamics.** :data:`ACTIONS` = up, down, left, right and stop. A move takes the agent
+one cell. Moving into a shape's cell **pushes** the shape one cell on, if the cell beyond is inside
+the grid and free; otherwise the move is blocked and the agent stays (so does a move into the
+wall). The agent never passes through a shape, and shapes never push each other. Everything is
+deterministic.
+
+**Stop** ends the episode, and an episode **succeeds when the policy stops in a state that fulfils
+the instruction** (:func:`success`); stopping anywhere else, or running out of steps, fails. The
+policy must say when it is done, as RT-1's actions include "terminate the episode" and
+instruction-following benchmarks end with STOP. Without it, success would be granted the moment
+the agent happened to pass the right cell: a text-blind policy that walks up to a random shape
+then succeeded in about 60% of ``goto`` tasks (a random walk in about 40%), which leaves little
+room to show what the words are worth. An episode also ends after ``max_steps`` actions (by default
+3× the expert's plan, at least 12).
 
 **Instructions** come in three families (:data:`FAMILIES`), each written from several templates:
 
@@ -27,11 +37,12 @@ never passes through a shape, and shapes never push each other. Everything is de
   is not named by its colour and kind but by where it stands relative to a named shape (the
   *anchor*). The relation is read as in :func:`shapesworld.relations`: "to the left of" means a
   smaller column (any row), "above" a smaller row. The generator only asks when exactly one other
-  shape stands in that relation to the anchor, at the start; the target is then fixed (if it is
-  pushed later, it is still the one to reach). Success as for ``goto``.
+  shape stands in that relation to the anchor, and only when this stays so all along the expert's
+  path (a shortest path may push shapes out of the way, which could change who stands where). The
+  target is fixed at the start: in a state off that path where the words no longer fit, it is still
+  the shape to reach. Success as for ``goto``.
 
-Every scene holds distinct colour–kind pairs, so "the red circle" always names one shape. An
-episode ends on success or after ``max_steps`` (by default 3× the expert's plan, at least 12).
+Every scene holds distinct colour–kind pairs, so "the red circle" always names one shape.
 
 **Splits** (:func:`tasks`, :data:`SPLITS`), each from its own random stream:
 
@@ -43,11 +54,11 @@ episode ends on success or after ``max_steps`` (by default 3× the expert's plan
   ``"held_out"``), written only with words that training instructions use, so that a word-level
   text encoder has a chance ("walk next to the red circle": walk, next, to, the are all known).
 
-**The expert** is breadth-first search over (agent cell, shape cells), actions tried in the fixed
-order of :data:`ACTIONS`, so it returns the shortest plan and, among shortest plans, the first in
-that order. Its first action from any state (:func:`expert_action`) therefore agrees with the plan
-from the start, step by step, and labels states off the expert's path too (DAgger). Tasks are
-generated only when the expert solves them within :data:`MAX_PLAN` steps.
+**The expert** is breadth-first search over (agent cell, shape cells), moves tried in the fixed
+order of :data:`MOVES`, so it finds the fewest moves and, among shortest plans, the first in that
+order; its plan ends with "stop". Its first action from any state (:func:`expert_action`) therefore
+agrees with the plan from the start, step by step, and labels states off the expert's path too
+(DAgger). Tasks are generated only when the expert solves them within :data:`MAX_PLAN` moves.
 """
 
 from __future__ import annotations
@@ -67,13 +78,14 @@ GRID = 5                    # cells per side
 CELL = 10                   # pixels per cell
 IMAGE_SIZE = GRID * CELL    # 50
 NOISE = 0.03                # ShapesWorld's pixel noise
-ACTIONS: tuple[str, ...] = ("up", "down", "left", "right")
+MOVES: tuple[str, ...] = ("up", "down", "left", "right")
+ACTIONS: tuple[str, ...] = MOVES + ("stop",)
 FAMILIES: tuple[str, ...] = ("goto", "push", "refer")
 SPLITS: tuple[str, ...] = ("train", "test", "holdout_pairs", "holdout_templates")
-#: Tasks are generated only when the expert solves them in at most this many steps.
+#: Tasks are generated only when the expert solves them in at most this many moves (and a stop).
 MAX_PLAN = 16
 #: The expert's search gives up beyond this depth or this many states (then it returns None).
-_SEARCH_DEPTH, _SEARCH_STATES = 40, 200_000
+_SEARCH_DEPTH, _SEARCH_STATES = 40, 50_000
 _MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 #: How a push direction reads in an instruction.
 DIRECTION_PHRASES = {"up": "up", "down": "down", "left": "to the left", "right": "to the right"}
@@ -161,8 +173,10 @@ class Task:
 
 @dataclass
 class Episode:
-    """What happened when a policy was run on a task: ``states`` has ``steps + 1`` entries (the start
-    and the state after each action); ``frames`` holds the images the policy saw when recorded."""
+    """What happened when a policy was run on a task: ``success`` (it stopped where the instruction
+    is fulfilled), ``steps`` actions taken (a final "stop" included), ``states`` with ``steps + 1``
+    entries (the start and the state after each action); ``frames`` holds the images the policy saw
+    and the last state's when recorded."""
 
     task: Task
     success: bool
@@ -230,8 +244,11 @@ def _inside(r: int, c: int) -> bool:
 
 def step(state: State, action: str | int) -> State:
     """The state after one action: the agent moves one cell, pushing a shape in its way one cell on
-    if the cell beyond is inside the grid and free; otherwise it stays where it is."""
+    if the cell beyond is inside the grid and free; otherwise it stays where it is. "stop" changes
+    nothing (it ends the episode: see :func:`run_episode`)."""
     state, action = _check_state(state), _check_action(action)
+    if action == "stop":
+        return state
     (r, c), (dr, dc) = state.agent, _MOVES[action]
     nxt = (r + dr, c + dc)
     if not _inside(*nxt):
@@ -252,7 +269,8 @@ def _adjacent(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 
 def success(state: State, task: Task) -> bool:
-    """Whether ``state`` fulfils ``task``'s instruction (see the module docstring for each family)."""
+    """Whether ``state`` fulfils ``task``'s instruction (see the module docstring for each family):
+    an episode succeeds when its policy says "stop" in such a state."""
     state, task = _check_state(state), _check_task(task)
     if len(state.shapes) != len(task.start.shapes):
         raise ValueError(f"state has {len(state.shapes)} shapes but the task's scene has {len(task.start.shapes)}")
@@ -309,7 +327,7 @@ def _search(key: tuple[int, ...], target: int, goal: int) -> tuple[int, ...] | N
         depth += 1
         nxt_frontier = []
         for k in frontier:
-            for a in range(len(ACTIONS)):
+            for a in range(len(MOVES)):
                 n = _fast_step(k, a)
                 if n is None or n in parent:
                     continue
@@ -331,21 +349,21 @@ def _goal(task: Task) -> int:
 
 
 def expert_plan(state: State, task: Task) -> list[str] | None:
-    """A shortest list of actions from ``state`` to success ([] if already there), or None when the
-    task cannot be done from ``state`` (e.g. the shape to push is stuck in a corner)."""
+    """The fewest moves from ``state`` to success, then "stop" (just ["stop"] if already there), or
+    None when the task cannot be done from ``state`` (e.g. the shape to push is stuck in a corner)."""
     state, task = _check_state(state), _check_task(task)
     if len(state.shapes) != len(task.start.shapes):
         raise ValueError(f"state has {len(state.shapes)} shapes but the task's scene has {len(task.start.shapes)}")
     goal = _goal(task)
     plan = None if goal == -2 else _search(_key(state), task.target, goal)
-    return None if plan is None else [ACTIONS[a] for a in plan]
+    return None if plan is None else [MOVES[a] for a in plan] + ["stop"]
 
 
 def expert_action(state: State, task: Task) -> str | None:
     """The expert's action in ``state`` (any state, on its path or off it): the first action of
-    :func:`expert_plan`. None when the task is already done or cannot be done from ``state``."""
+    :func:`expert_plan` ("stop" when the task is done), or None when it cannot be done from ``state``."""
     plan = expert_plan(state, task)
-    return plan[0] if plan else None
+    return None if plan is None else plan[0]
 
 
 # -- instructions and tasks -----------------------------------------------------------------------------
@@ -381,19 +399,34 @@ def _sample_task(rng: np.random.Generator, family: str, split: str, seed: int) -
     direction = relation = anchor = None
     target = named
     if family == "push":
-        direction = ACTIONS[int(rng.integers(len(ACTIONS)))]
+        direction = MOVES[int(rng.integers(len(MOVES)))]
+        (r, c), (dr, dc) = shapes[target].cell, _MOVES[direction]
+        if not (_inside(r + dr, c + dc) and _inside(r - dr, c - dc)):   # no room to push it, or to push from
+            return None
     elif family == "refer":
         anchor, relation = named, RELATIONS[int(rng.integers(len(RELATIONS)))]
-        fits = [j for j in range(n) if j != anchor and _relation_holds(relation, shapes[j].cell, shapes[anchor].cell)]
-        if len(fits) != 1:
+        target = _referent(start, anchor, relation)
+        if target is None:
             return None
-        target = fits[0]
     text = instruction_text(template, shapes[named], direction, relation)
     task = Task(text, family, start, target, template, split, seed, direction, anchor, relation)
     plan = expert_plan(start, task)
-    if plan is None or not 1 <= len(plan) <= MAX_PLAN:
+    if plan is None or not 2 <= len(plan) <= MAX_PLAN + 1:      # at least one move, then stop
         return None
+    if family == "refer":                 # the expert must not push shapes so that the words stop fitting
+        state = start
+        for a in plan:
+            state = step(state, a)
+            if _referent(state, anchor, relation) != target:
+                return None
     return task
+
+
+def _referent(state: State, anchor: int, relation: str) -> int | None:
+    """The one shape that stands in ``relation`` to shape ``anchor``, or None if none or several do."""
+    fits = [j for j, s in enumerate(state.shapes)
+            if j != anchor and _relation_holds(relation, s.cell, state.shapes[anchor].cell)]
+    return fits[0] if len(fits) == 1 else None
 
 
 def tasks(n: int, split: str = "train", seed: int = 0, families: Sequence[str] = FAMILIES) -> list[Task]:
@@ -487,13 +520,15 @@ def render_many(states: Sequence[State], seeds: Sequence[int] | int = 0) -> torc
 
 # -- episodes -----------------------------------------------------------------------------------------
 def default_max_steps(task: Task) -> int:
-    """3× the expert's plan from the start, and at least 12."""
+    """3× the expert's plan from the start (its moves and the stop), and at least 12."""
     return max(12, 3 * len(expert_plan(_check_task(task).start, task)))
 
 
 def run_episode(policy: Callable[[torch.Tensor, str], str | int], task: Task, max_steps: int | None = None,
                 record: bool = False) -> Episode:
-    """Run ``policy(image, instruction) -> action`` on a task until success or ``max_steps``.
+    """Run ``policy(image, instruction) -> action`` on a task until it says "stop" or has taken
+    ``max_steps`` actions (default :func:`default_max_steps`). It succeeds if it stopped in a state
+    that fulfils the instruction.
 
     ``image`` is the (3, 50, 50) rendering of the current state; the action is a name of
     :data:`ACTIONS` or its index. With ``record`` the episode keeps the images the policy saw, and
@@ -519,7 +554,7 @@ def run_episodes(policy: Callable[[torch.Tensor, list[str]], Sequence], tasks: S
     limits = [max_steps if max_steps is not None else default_max_steps(t) for t in tasks]
     states = [[t.start] for t in tasks]
     actions: list[list[str]] = [[] for _ in tasks]
-    done = [success(t.start, t) for t in tasks]
+    done = [False] * len(tasks)
     seen: list[list[torch.Tensor]] = [[] for _ in tasks]
     while True:
         live = [i for i, t in enumerate(tasks) if not done[i] and len(actions[i]) < limits[i]]
@@ -535,13 +570,14 @@ def run_episodes(policy: Callable[[torch.Tensor, list[str]], Sequence], tasks: S
                 seen[i].append(images[j])
             actions[i].append(a)
             states[i].append(step(states[i][-1], a))
-            done[i] = success(states[i][-1], tasks[i])
+            done[i] = a == "stop"
     out = []
     for i, t in enumerate(tasks):
         frames = None
         if record:
             frames = torch.stack(seen[i] + [render(states[i][-1], t.seed)])
-        out.append(Episode(t, done[i], len(actions[i]), actions[i], states[i], frames))
+        won = done[i] and success(states[i][-1], t)
+        out.append(Episode(t, won, len(actions[i]), actions[i], states[i], frames))
     return out
 
 
@@ -592,7 +628,8 @@ class Demonstrations:
 
 
 def demonstrations(n: int, split: str = "train", seed: int = 0, families: Sequence[str] = FAMILIES) -> Demonstrations:
-    """The expert's trajectories on ``tasks(n, split, seed, families)``: one triple per step."""
+    """The expert's trajectories on ``tasks(n, split, seed, families)``: one triple per action, the
+    final "stop" included."""
     task_list = tasks(n, split, seed, families)
     states, seeds, texts, acts, eps = [], [], [], [], []
     for i, t in enumerate(task_list):
