@@ -193,6 +193,32 @@ def test_push_instructions_name_their_direction(all_tasks):
         assert t.instruction.endswith(gw.DIRECTION_PHRASES[t.direction])
 
 
+def test_task_from_text_reads_every_instruction_back(all_tasks):
+    for ts in all_tasks.values():
+        for t in ts[:40]:
+            back = gw.task_from_text(t.start, t.instruction.upper() + ".", seed=t.seed)
+            assert back == gw.Task(t.instruction, t.family, t.start, t.target, t.template, "custom", t.seed,
+                                   t.direction, t.anchor, t.relation)
+    s = scene((0, 0), ("red", "circle", (2, 2)), ("blue", "square", (2, 4)), ("green", "cross", (4, 0)))
+    assert gw.task_from_text(s, "walk next to the blue square").target == 1
+    with pytest.raises(ValueError, match="not in the scene"):
+        gw.task_from_text(s, "go to the yellow circle")
+    with pytest.raises(ValueError, match="no single shape is to the left of the blue square"):
+        gw.task_from_text(s, "go to the shape to the left of the blue square")     # two are
+    with pytest.raises(ValueError, match="follows none of the templates"):
+        gw.task_from_text(s, "dance with the red circle")
+    with pytest.raises(TypeError, match="instruction must be a string"):
+        gw.task_from_text(s, ["go to the red circle"])
+
+
+def test_skills_name_every_shape_and_the_expert_says_which_can_be_done():
+    s = scene((0, 0), ("red", "circle", (2, 2)), ("blue", "square", (2, 4)))
+    sk = gw.skills(s)
+    assert len(sk) == 2 * 5 and "go to the red circle" in sk and "push the blue square up" in sk
+    doable = {k: gw.expert_plan(s, gw.task_from_text(s, k)) is not None for k in sk}
+    assert doable["push the red circle to the left"] and not doable["push the blue square to the right"]
+
+
 def test_vocabulary_covers_every_instruction(all_tasks):
     vocab = gw.vocabulary()
     assert len(vocab) == len(set(vocab)) and vocab == gw.vocabulary()
@@ -317,3 +343,9 @@ def test_clear_errors_on_bad_input():
         gw.render(t.start, seed=-1)
     with pytest.raises(TypeError, match="episode"):
         gw.frames(t)
+    with pytest.raises(ValueError, match="Task.family"):
+        gw.Task("fly", "fly", t.start, 0, "", "train", 0)
+    with pytest.raises(ValueError, match="Task.direction"):
+        gw.Task("push the red circle", "push", t.start, 0, "", "train", 0)
+    with pytest.raises(ValueError, match="Task.target"):
+        gw.Task("go to it", "goto", t.start, 9, "", "train", 0)

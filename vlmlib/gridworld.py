@@ -9,7 +9,8 @@ kind from :mod:`vlmlib.shapesworld`, small or large, each centred in its own cel
 **agent**, a white ring in a cell of its own: white is none of ShapesWorld's colours and a ring none
 of its kinds, so the agent is never mistaken for a shape. Images are drawn exactly as
 :func:`shapesworld.draw` draws the shapes (same background, tints and noise; a test checks the
-pixels against it), with the ring laid on before the noise.
+pixels against it), with the ring laid on before the noise. A task's ``seed`` fixes the lighting, so
+every frame of an episode shares its background, tints and noise.
 
 **Actions and dynamics.** :data:`ACTIONS` = up, down, left, right and stop. A move takes the agent
 one cell. Moving into a shape's cell **pushes** the shape one cell on, if the cell beyond is inside
@@ -22,8 +23,8 @@ the instruction** (:func:`success`); stopping anywhere else, or running out of s
 policy must say when it is done, as RT-1's actions include "terminate the episode" and
 instruction-following benchmarks end with STOP. Without it, success would be granted the moment
 the agent happened to pass the right cell: a text-blind policy that walks up to a random shape
-then succeeded in about 60% of ``goto`` tasks (a random walk in about 40%), which leaves little
-room to show what the words are worth. An episode also ends after ``max_steps`` actions (by default
+then succeeded in about 60% of ``goto`` tasks (a random walk in about 40%, in one run of 300
+test tasks), which leaves little room to show what the words are worth. An episode also ends after ``max_steps`` actions (by default
 3× the expert's plan, at least 12).
 
 **Instructions** come in three families (:data:`FAMILIES`), each written from several templates:
@@ -31,8 +32,8 @@ room to show what the words are worth. An episode also ends after ``max_steps`` 
 - ``goto``: "go to the red circle". Success: the agent is in a cell next to the shape (4-adjacent;
   it can never stand on it, since stepping into it pushes it).
 - ``push``: "push the blue square to the left". Success: that shape sits exactly one cell from
-  where it started, in that direction. The episode ends on success, so "at least one cell" would
-  change nothing except for a shape pushed sideways as well, which is not what was asked.
+  where it started, in that direction (as "push the blue square one cell to the left" says): pushed
+  two cells, or sideways as well, it is not what was asked.
 - ``refer``: "go to the shape to the left of the green cross", a referring expression: the target
   is not named by its colour and kind but by where it stands relative to a named shape (the
   *anchor*). The relation is read as in :func:`shapesworld.relations`: "to the left of" means a
@@ -59,12 +60,20 @@ order of :data:`MOVES`, so it finds the fewest moves and, among shortest plans, 
 order; its plan ends with "stop". Its first action from any state (:func:`expert_action`) therefore
 agrees with the plan from the start, step by step, and labels states off the expert's path too
 (DAgger). Tasks are generated only when the expert solves them within :data:`MAX_PLAN` moves.
+
+**Use.** :func:`tasks` (or :func:`task_from_text` for your own words) gives tasks; :func:`reset`,
+:func:`step` and :func:`success` are the environment; :func:`render` draws a state;
+:func:`expert_plan` and :func:`expert_action` are the expert; :func:`demonstrations` gives
+(image, instruction, action) triples for behaviour cloning; :func:`run_episode` (one policy call per
+step) and :func:`run_episodes` (batched) measure a policy; :func:`frames` turns an episode into a
+film for :func:`plotting.video_animation`; :func:`skills` lists the simple instructions a SayCan-style
+planner can choose from in a scene.
 """
 
 from __future__ import annotations
 
 import functools
-from collections import deque
+import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
@@ -137,9 +146,6 @@ class State:
     def __post_init__(self):
         _check_state_fields(self)
 
-    def occupied(self) -> set[tuple[int, int]]:
-        return {s.cell for s in self.shapes}
-
 
 @dataclass(frozen=True)
 class Task:
@@ -161,6 +167,24 @@ class Task:
     direction: str | None = None
     anchor: int | None = None
     relation: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.instruction, str):
+            raise TypeError(f"Task.instruction must be a string, got {checks._given(self.instruction)}")
+        checks.choice(self.family, "Task.family", FAMILIES)
+        if not isinstance(self.start, State):
+            raise TypeError(f"Task.start must be a gridworld.State, got {checks._given(self.start)}")
+        n = len(self.start.shapes)
+        checks.integer(self.target, "Task.target", 0, n - 1)
+        checks.choice(self.split, "Task.split", SPLITS + ("custom",))
+        checks.integer(self.seed, "Task.seed", minimum=0)
+        if self.family == "push":
+            checks.choice(self.direction, "Task.direction (the push's direction)", MOVES)
+        if self.family == "refer":
+            checks.integer(self.anchor, "Task.anchor (the shape the words name)", 0, n - 1)
+            checks.choice(self.relation, "Task.relation", RELATIONS)
+            if self.anchor == self.target:
+                raise ValueError("Task.anchor and Task.target must be different shapes")
 
     @property
     def goal_cell(self) -> tuple[int, int] | None:
@@ -378,6 +402,63 @@ def instruction_text(template: str, shape: GridShape, direction: str | None = No
     return template.format(shape=shape.name, direction=DIRECTION_PHRASES.get(direction, ""), relation=relation or "")
 
 
+def _pattern(template: str) -> re.Pattern:
+    """A regular expression that reads a template's blanks back out of an instruction."""
+    def alternatives(phrases):
+        return "(" + "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True)) + ")"
+    text = re.escape(template).replace(r"\{shape\}", "{shape}").replace(r"\{direction\}", "{direction}")
+    text = text.replace(r"\{relation\}", "{relation}")
+    def group(name, phrases):
+        return alternatives(phrases).replace("(", f"(?P<{name}>", 1)
+    return re.compile(text.format(shape=group("colour", COLOUR_NAMES) + " " + group("kind", KINDS),
+                                  direction=group("direction", DIRECTION_PHRASES.values()),
+                                  relation=group("relation", RELATIONS)))
+
+
+def task_from_text(state: State, instruction: str, seed: int = 0) -> Task:
+    """The task that ``instruction`` asks for in ``state``: any paraphrase of :data:`TEMPLATES`
+    (held out or not), naming a shape that is in the scene. Lets you type your own instruction, and
+    turns a skill that a language model chose into something the expert or a policy can do (SayCan).
+    Its ``split`` is ``"custom"``. Raises ValueError, saying why, for text it cannot read."""
+    state = _check_state(state)
+    if not isinstance(instruction, (str, np.str_)):
+        raise TypeError(f"instruction must be a string, got {checks._given(instruction)}")
+    text = " ".join(str(instruction).lower().replace(".", " ").split())
+    names = {s.name: j for j, s in enumerate(state.shapes)}
+    for family, pools in TEMPLATES.items():
+        for template in pools["train"] + pools["held_out"]:
+            m = _pattern(template).fullmatch(text)
+            if m is None:
+                continue
+            name = f"{m['colour']} {m['kind']}"
+            if name not in names:
+                raise ValueError(f"instruction {instruction!r} names the {name}, which is not in the scene "
+                                 f"(it holds: {', '.join(names)})")
+            named = names[name]
+            if family == "goto":
+                return Task(text, family, state, named, template, "custom", seed)
+            if family == "push":
+                direction = {v: k for k, v in DIRECTION_PHRASES.items()}[m["direction"]]
+                return Task(text, family, state, named, template, "custom", seed, direction=direction)
+            target = _referent(state, named, m["relation"])
+            if target is None:
+                raise ValueError(f"instruction {instruction!r}: no single shape is {m['relation']} the {name}")
+            return Task(text, family, state, target, template, "custom", seed, anchor=named, relation=m["relation"])
+    examples = [pools["train"][0] for pools in TEMPLATES.values()]
+    raise ValueError(f"instruction {instruction!r} follows none of the templates, such as {examples}, "
+                     f"with {{shape}} one of the colours {list(COLOUR_NAMES)} and one of the kinds {list(KINDS)}")
+
+
+def skills(state: State) -> list[str]:
+    """Every simple instruction about this scene, in one wording each: go to each shape, push each
+    shape each way. The skills a SayCan-style planner chooses from (score them with a language
+    model; :func:`expert_plan` says which can be done from ``state`` and in how many moves)."""
+    state = _check_state(state)
+    out = [instruction_text(TEMPLATES["goto"]["train"][0], s) for s in state.shapes]
+    out += [instruction_text(TEMPLATES["push"]["train"][0], s, d) for s in state.shapes for d in MOVES]
+    return out
+
+
 def _pairs(held: bool) -> list[tuple[str, str]]:
     return [(c, k) for c in COLOUR_NAMES for k in KINDS if ((c, k) in HELD_OUT) == held]
 
@@ -483,24 +564,37 @@ def _pixel_shapes(state: State):
                   (s.cell[1] + 0.5) * CELL, (s.cell[0] + 0.5) * CELL, _RADIUS[s.size]) for s in state.shapes]
 
 
+@functools.lru_cache(maxsize=512)
+def _lighting(seed: int, colours: tuple[str, ...], noise: float):
+    """What ``seed`` draws, in :func:`shapesworld.draw`'s order: the background colour, each shape's
+    tinted colour and the pixel noise. Cached: every frame of an episode shares them."""
+    rng = np.random.default_rng([seed, 11])
+    background = rng.uniform(0.04, 0.20) + rng.uniform(-0.03, 0.03, 3)
+    tinted = [np.clip(np.array(COLOURS[c], dtype=np.float32) + rng.uniform(-0.06, 0.06, 3), 0, 1).astype(np.float32)
+              for c in colours]
+    pixels = rng.normal(0.0, noise, (IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32) if noise > 0 else None
+    for a in [background, pixels] + tinted:
+        if a is not None:
+            a.flags.writeable = False
+    return background, tinted, pixels
+
+
 def render(state: State, seed: int = 0, noise: float = NOISE) -> torch.Tensor:
     """The image (3, 50, 50) in [0, 1] of a state: ShapesWorld's background, shapes, tints and noise,
     drawn from ``seed`` exactly as :func:`shapesworld.draw` would, and the agent's white ring."""
     state = _check_state(state)
     seed = checks.integer(seed, "seed", minimum=0)
     noise = checks.number(noise, "noise", low=0.0, high=0.5)
-    rng = np.random.default_rng([seed, 11])               # draw's stream, in draw's order
+    background, tinted, pixels = _lighting(seed, tuple(s.colour for s in state.shapes), noise)
     img = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
-    img[:] = rng.uniform(0.04, 0.20) + rng.uniform(-0.03, 0.03, 3)
-    things = [(s.cell, _patch(s.kind, s.size),
-               np.clip(np.array(COLOURS[s.colour], dtype=np.float32) + rng.uniform(-0.06, 0.06, 3), 0, 1).astype(np.float32))
-              for s in state.shapes]
+    img[:] = background
+    things = [(s.cell, _patch(s.kind, s.size), rgb) for s, rgb in zip(state.shapes, tinted)]
     things.append((state.agent, _patch("agent", ""), np.ones(3, dtype=np.float32)))
     for (r, c), cover, rgb in things:                     # a shape's cover is zero outside its cell
         view = img[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
         view[:] = view * (1 - cover) + rgb * cover
-    if noise > 0:
-        img += rng.normal(0.0, noise, img.shape).astype(np.float32)
+    if pixels is not None:
+        img += pixels
     return torch.from_numpy(np.clip(img, 0.0, 1.0, out=img)).permute(2, 0, 1).contiguous()
 
 
