@@ -314,6 +314,9 @@ def test_demonstrations_replay_to_success():
     image, text, action = demos[0]
     assert text == demos.tasks[0].instruction and action == gw.expert_plan(demos.tasks[0].start, demos.tasks[0])[0]
     assert torch.equal(image, gw.render(demos.tasks[0].start, demos.tasks[0].seed))
+    assert torch.equal(demos.images, gw.render_many(demos.states, [demos.tasks[e].seed for e in demos.episode]))
+    assert all(gw.expert_action(s, demos.tasks[e]) == gw.ACTIONS[a]
+               for s, e, a in zip(demos.states, demos.episode.tolist(), demos.actions.tolist()))
 
 
 # -- errors -------------------------------------------------------------------------------------------

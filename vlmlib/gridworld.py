@@ -702,7 +702,9 @@ class Demonstrations:
     """(image, instruction, expert action) triples from expert trajectories, as tensors for training.
 
     ``images`` (N, 3, 50, 50); ``instructions`` N strings; ``actions`` (N,) indices into
-    :data:`ACTIONS`; ``episode`` (N,) the index in ``tasks`` each triple comes from.
+    :data:`ACTIONS`; ``episode`` (N,) the index in ``tasks`` each triple comes from; ``states`` the
+    N states drawn (to draw them again, e.g. with other seeds: :func:`render_many`). The images
+    take 30 kB each: 1,000 tasks give about 4,400 triples, 130 MB.
     """
 
     images: torch.Tensor
@@ -710,6 +712,7 @@ class Demonstrations:
     actions: torch.Tensor
     episode: torch.Tensor
     tasks: list[Task] = field(repr=False)
+    states: list[State] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -733,4 +736,4 @@ def demonstrations(n: int, split: str = "train", seed: int = 0, families: Sequen
             acts.append(ACTIONS.index(a)), eps.append(i)
             s = step(s, a)
     return Demonstrations(render_many(states, seeds), texts, torch.tensor(acts, dtype=torch.long),
-                          torch.tensor(eps, dtype=torch.long), task_list)
+                          torch.tensor(eps, dtype=torch.long), task_list, states)
