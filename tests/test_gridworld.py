@@ -72,9 +72,9 @@ def test_success_for_each_family():
 
 
 # -- the expert ---------------------------------------------------------------------------------------
-def shortest_by_brute_force(task, limit):
+def shortest_by_brute_force(task, limit, start=None):
     """The length of the shortest action sequence that succeeds, trying every sequence up to ``limit``."""
-    layer = {task.start}
+    layer = {task.start if start is None else start}
     for length in range(limit + 1):
         if any(gw.success(s, task) for s in layer):
             return length
@@ -92,6 +92,18 @@ def test_expert_plans_are_shortest_against_brute_force():
             assert shortest_by_brute_force(task, moves) == moves, task.instruction
             checked += 1
     assert checked >= 60
+    rng, checked = np.random.default_rng(3), 0      # and from states off the expert's path
+    for task in gw.tasks(60, "test", seed=5):
+        s = task.start
+        for _ in range(8):
+            s = gw.step(s, gw.MOVES[int(rng.integers(4))])
+        plan = gw.expert_plan(s, task)
+        if plan is not None and len(plan) - 1 <= 6:
+            assert shortest_by_brute_force(task, len(plan) - 1, start=s) == len(plan) - 1
+            checked += 1
+        elif plan is None:
+            assert shortest_by_brute_force(task, 6, start=s) is None
+    assert checked >= 30
 
 
 def test_expert_plans_succeed_for_every_family_and_split(all_tasks):
