@@ -131,6 +131,12 @@ class GridShape:
     size: str
     cell: tuple[int, int]
 
+    def __post_init__(self):
+        checks.choice(self.colour, "GridShape.colour", COLOUR_NAMES)
+        checks.choice(self.kind, "GridShape.kind", KINDS)
+        checks.choice(self.size, "GridShape.size", SIZES)
+        object.__setattr__(self, "cell", _check_cell(self.cell, "GridShape.cell"))
+
     @property
     def name(self) -> str:
         return f"{self.colour} {self.kind}"
@@ -223,13 +229,8 @@ def _check_state_fields(state: State) -> None:
     if not isinstance(state.shapes, (tuple, list)) or not all(isinstance(s, GridShape) for s in state.shapes):
         raise TypeError(f"State.shapes must be a tuple of GridShape, got {checks._given(state.shapes)}")
     shapes = tuple(state.shapes)
-    for s in shapes:
-        checks.choice(s.colour, "GridShape.colour", COLOUR_NAMES)
-        checks.choice(s.kind, "GridShape.kind", KINDS)
-        checks.choice(s.size, "GridShape.size", SIZES)
-        _check_cell(s.cell, "GridShape.cell")
-    cells = [tuple(s.cell) for s in shapes]
-    if len(set(cells)) != len(cells) or tuple(state.agent) in cells:
+    cells = [s.cell for s in shapes]
+    if len(set(cells)) != len(cells) or state.agent in cells:
         raise ValueError(f"State: the agent {state.agent} and the shapes {cells} must each have a cell of their own")
     object.__setattr__(state, "shapes", shapes)
 
