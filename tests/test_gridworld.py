@@ -353,7 +353,7 @@ def test_clear_errors_on_bad_input():
     with pytest.raises(ValueError, match="GridShape.colour"):
         scene((0, 0), ("pink", "circle", (1, 1)))
     listed = gw.State([0, np.int64(1)], (gw.GridShape("red", "circle", "large", [0, 2]),))    # lists are read as cells
-    assert listed.agent == (0, 1) and gw.step(listed, "right") == scene((0, 1), ("red", "circle", (0, 3)))
+    assert listed.agent == (0, 1) and gw.step(listed, "right") == scene((0, 2), ("red", "circle", (0, 3)))
     with pytest.raises(TypeError, match="task must be a gridworld.Task"):
         gw.success(t.start, "go to the red circle")
     with pytest.raises(ValueError, match="seed"):
