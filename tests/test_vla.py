@@ -1,0 +1,155 @@
+"""The vision-language-action policy of chapter 11 (vlmlib.vla): shapes, the text-blind baseline,
+learning, DAgger's labels, the mirror augmentation and argument checks."""
+
+import numpy as np
+import pytest
+import torch
+
+from vlmlib import gridworld as G
+from vlmlib import vla
+
+TINY = vla.VLAConfig(dim=32, depth=1, heads=2)
+
+
+def _images_and_texts(n=6, seed=3):
+    todo = G.tasks(n, "train", seed)
+    return G.render_many([t.start for t in todo], [t.seed for t in todo]), [t.instruction for t in todo], todo
+
+
+def test_every_instruction_of_every_split_tokenizes_and_the_outputs_have_the_right_shapes():
+    for split in G.SPLITS:
+        ids = vla.tokenize([t.instruction for t in G.tasks(30, split, 1)])
+        assert ids.shape == (30, vla.MAX_WORDS) and ids.dtype == torch.long and (ids[:, 0] > 0).all()
+    images, texts, todo = _images_and_texts()
+    torch.manual_seed(0)
+    model = vla.VLAPolicy(TINY).eval()
+    logits = model(images, vla.tokenize(texts))
+    assert logits.shape == (6, len(G.ACTIONS)) and torch.isfinite(logits).all()
+    assert model.vit.config.patch_size == G.CELL and model.vit.config.num_patches == G.GRID ** 2   # a token per cell
+    actions = vla.act(model, images, texts)
+    assert actions.shape == (6,) and actions.dtype == torch.long
+    policy = vla.policy_fn(model)
+    assert policy(images[0], texts[0]) == G.ACTIONS[int(actions[0])]                  # one image, as run_episode asks
+    assert policy(images, texts) == [G.ACTIONS[int(a)] for a in actions]              # a batch, as run_episodes asks
+    episode = G.run_episode(policy, todo[0], max_steps=3)
+    assert episode.steps <= 3 and len(episode.states) == episode.steps + 1
+
+
+def test_the_text_blind_policy_ignores_the_instruction_and_the_full_one_reads_it():
+    images, texts, _ = _images_and_texts()
+    other = ["push the red circle to the left"] * len(texts)
+    torch.manual_seed(0)
+    blind = vla.VLAPolicy(vla.VLAConfig(dim=32, depth=1, heads=2, text_blind=True)).eval()
+    with torch.no_grad():
+        assert torch.equal(blind(images, vla.tokenize(texts)), blind(images, vla.tokenize(other)))
+    torch.manual_seed(0)
+    seeing = vla.VLAPolicy(TINY).eval()
+    with torch.no_grad():
+        assert not torch.allclose(seeing(images, vla.tokenize(texts)), seeing(images, vla.tokenize(other)))
+        # padding is masked: extra padding columns change nothing
+        assert torch.allclose(seeing(images, vla.tokenize(texts, 14)), seeing(images, vla.tokenize(texts, 16)), atol=1e-6)
+
+
+def test_a_tiny_policy_overfits_a_handful_of_demonstrations_and_training_is_deterministic():
+    recipe = vla.VLARecipe(steps=300, batch_size=32, lr=3e-3, weight_decay=0.0, n_tasks=3, dagger_rounds=0, seed=2)
+    model, history, info = vla.train_vla(TINY, recipe, progress=False)
+    data = vla.expert_data(3, seed=2)
+    assert info["expert_triples"] == len(data.actions) > 6
+    with torch.no_grad():
+        predicted = model(data.images.float() / 255, data.words).argmax(1)
+    assert (predicted == data.actions).float().mean() == 1.0
+    assert history["loss"][-1] < 0.2 < history["loss"][0]
+    again, _, _ = vla.train_vla(TINY, recipe, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_dagger_labels_each_visited_state_with_the_expert_action():
+    torch.manual_seed(0)
+    model = vla.VLAPolicy(TINY).eval()
+    data, rate = vla.dagger_data(model, 4, seed=5)
+    episodes = G.run_episodes(vla.policy_fn(model), G.tasks(4, "train", 5))
+    want = [G.ACTIONS.index(a) for e in episodes for s in e.states[:-1]
+            if (a := G.expert_action(s, e.task)) is not None]
+    assert data.actions.tolist() == want and len(data.images) == len(want) == len(data.words)
+    assert rate == np.mean([e.success for e in episodes])
+
+
+def test_the_mirror_swaps_left_and_right_in_the_image_the_words_and_the_action():
+    task = G.tasks(1, "train", 7, families=["push"])[0]
+    s = task.start
+    flipped = G.State((s.agent[0], G.GRID - 1 - s.agent[1]),
+                      tuple(G.GridShape(x.colour, x.kind, x.size, (x.cell[0], G.GRID - 1 - x.cell[1])) for x in s.shapes))
+    image = G.render(s, seed=1, noise=0.0)[None]
+    words = vla.tokenize(["push the red circle to the left", "go to the shape to the right of the blue cross"])
+    actions = torch.arange(len(G.ACTIONS))
+    m_images, m_words, m_actions = vla.mirror(image, words, actions)
+    assert torch.allclose(m_images[0], G.render(flipped, seed=1, noise=0.0), atol=1e-5)
+    assert torch.equal(m_words, vla.tokenize(["push the red circle to the right", "go to the shape to the left of the blue cross"]))
+    assert [G.ACTIONS[a] for a in m_actions] == ["up", "down", "right", "left", "stop"]
+    assert torch.equal(vla.mirror(*vla.mirror(image, words, actions))[1], words)
+
+
+def test_evaluate_runs_episodes_and_reports_each_split_and_family():
+    torch.manual_seed(0)
+    model = vla.VLAPolicy(TINY).eval()
+    out = vla.evaluate(model, n=6, splits=["test", "holdout_pairs"], max_steps=4)
+    assert set(out) == {"test", "holdout_pairs"}
+    for rates in out.values():
+        assert set(rates) == {"all", "n", *G.FAMILIES} and rates["n"] == 6
+        assert all(0.0 <= rates[k] <= 1.0 for k in ("all", *G.FAMILIES))
+    # the expert, as a policy, succeeds on every task of every split
+    assert all(G.run_episode(G.expert_policy(t), t).success for t in G.tasks(6, "holdout_pairs", 1000))
+
+
+def test_bad_arguments_are_refused_with_clear_errors():
+    with pytest.raises(ValueError, match="heads"):
+        vla.VLAConfig(dim=30, heads=4)
+    with pytest.raises(TypeError, match="VLAConfig.text_blind"):
+        vla.VLAConfig(text_blind="yes")
+    with pytest.raises(ValueError, match="VLARecipe.steps"):
+        vla.VLARecipe(steps=0)
+    with pytest.raises(ValueError, match="VLARecipe.mirror"):
+        vla.VLARecipe(mirror=1.5)
+    with pytest.raises(TypeError, match="VLAConfig"):
+        vla.VLAPolicy({"dim": 32})
+    with pytest.raises(TypeError, match="VLARecipe"):
+        vla.train_vla(TINY, {"steps": 3})
+    with pytest.raises(TypeError, match="wrap one in a list"):
+        vla.tokenize("go to the red circle")
+    with pytest.raises(ValueError, match="does not know.*'jump'"):
+        vla.tokenize(["jump to the red circle"])
+    with pytest.raises(ValueError, match="max_words"):
+        vla.tokenize(["go to the red circle"], max_words=3)
+    model = vla.VLAPolicy(TINY)
+    images, texts, _ = _images_and_texts(2)
+    with pytest.raises(ValueError, match="words must be an integer tensor"):
+        model(images, vla.tokenize(texts).float())
+    with pytest.raises(ValueError, match="images must have shape"):
+        model(images[:, :, :32, :32], vla.tokenize(texts))
+    with pytest.raises(ValueError, match="same length"):
+        vla.act(model, images, texts[:1])
+    with pytest.raises(TypeError, match="model must be a vla.VLAPolicy"):
+        vla.evaluate("model")
+    with pytest.raises(ValueError, match="splits"):
+        vla.evaluate(model, n=2, splits=["validation"])
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        vla.evaluate(model, n=0)
+
+
+def test_saycan_scenes_have_one_feasible_reading_and_the_language_score_cannot_tell_which():
+    todo = vla.saycan_tasks(12, seed=4)
+    assert len(todo) == 12 and todo[0] == vla.saycan_tasks(1, seed=4)[0]
+    lm_first_feasible = []
+    for t in todo:
+        lm = vla.lm_scores(t)
+        assert lm.sum() == pytest.approx(1.0) and (lm > 0).sum() == 2 and len(lm) == 5 * len(t.skills[0].start.shapes)
+        fitting = [s for s, p in zip(t.skills, lm) if p > 0]
+        assert all(s.family == "push" and s.start.shapes[s.target].colour == t.colour and s.direction == t.direction
+                   for s in fitting)
+        assert sum(G.expert_plan(s.start, s) is not None for s in fitting) == 1
+        assert all(w in vla.VOCABULARY for s in t.skills for w in s.instruction.split())
+        lm_first_feasible.append(G.expert_plan(fitting[0].start, fitting[0]) is not None)
+    assert 0 < np.mean(lm_first_feasible) < 1          # the scene's order does not give the answer away
+    torch.manual_seed(0)
+    values = vla.rollout_values(vla.VLAPolicy(TINY).eval(), todo[0], [0, 1])
+    assert values.shape == (len(todo[0].skills),) and set(values.tolist()) <= {0.0, 1.0} and values[2:].sum() == 0

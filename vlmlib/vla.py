@@ -1,0 +1,565 @@
+"""A vision-language-action policy learnt by behaviour cloning (chapter 11).
+
+Introduced in chapter 11 ("From language to action"). A vision-language-action model (VLA) reads
+what a camera sees and an instruction in words and answers with an action; RT-1 and RT-2 (Brohan
+et al., 2022 and 2023) learn it by imitating demonstrations. Here the world is
+:mod:`vlmlib.gridworld` (a 5×5 grid of ShapesWorld shapes, an agent, four moves and "stop") and the policy is
+small enough to train on a laptop CPU.
+
+**The model** (:class:`VLAPolicy`, sized by :class:`VLAConfig`) is chapter 1's ViT (:mod:`vlmlib.vit`)
+with 10-pixel patches, so one token per grid cell, whose transformer blocks read the image tokens
+and the instruction's word tokens together (one stream, as in the VLAs that hand word and image
+tokens to a single transformer); the class token's final state gives five action logits (four
+moves and "stop": an episode succeeds only when the policy stops where the instruction is done). It is
+trained from scratch, the ViT included. ``text_blind=True`` gives the same network without the
+words: the baseline that shows how much the instruction matters.
+
+**The data** (:class:`VLARecipe`, :func:`train_vla`): the expert's demonstrations
+(:func:`gridworld.demonstrations`), then DAgger (Ross et al., 2011): run the policy being trained,
+label every state it visits with the expert's action (:func:`gridworld.expert_action`, which
+answers from any state), add those triples to the data and train on. Behaviour cloning alone only
+sees the expert's own states; one mistake takes the policy to states it never saw, and DAgger
+teaches it to recover from them.
+
+:func:`build_vla` goes through the artifact cache (keyed by config and recipe), :func:`policy_fn`
+turns a model into a policy for :func:`gridworld.run_episode` or :func:`gridworld.run_episodes`, and
+:func:`evaluate` measures success rates by running episodes on each split, per instruction family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checks, gridworld
+from .cache import Artifact, cached
+from .gridworld import ACTIONS, CELL, FAMILIES, IMAGE_SIZE, SPLITS
+from .settings import _device
+from .vit import ViT, ViTConfig, _boolean
+
+#: The words a policy reads, id 0 being padding (the words of every gridworld instruction).
+VOCABULARY: tuple[str, ...] = ("<pad>",) + tuple(gridworld.vocabulary())
+_WORD_ID = {w: i for i, w in enumerate(VOCABULARY)}
+#: The longest instruction a policy reads, in words (gridworld's longest has 13).
+MAX_WORDS = 16
+
+
+def tokenize(texts: Sequence[str], max_words: int = MAX_WORDS) -> torch.Tensor:
+    """Word ids (N, max_words), padded with 0, of instructions (lower case, words split at spaces)."""
+    if isinstance(texts, (str, np.str_)):
+        raise TypeError("texts must be a list of instructions; wrap one in a list")
+    texts = checks.text_list(texts, "texts")
+    max_words = checks.integer(max_words, "max_words", minimum=1)
+    ids = torch.zeros(len(texts), max_words, dtype=torch.long)
+    for i, text in enumerate(texts):
+        words = text.lower().split()
+        unknown = [w for w in words if w not in _WORD_ID or w == "<pad>"]
+        if unknown:
+            raise ValueError(f"texts[{i}] has words the policy does not know: {unknown}; it knows {list(VOCABULARY[1:])}")
+        if len(words) > max_words:
+            raise ValueError(f"texts[{i}] has {len(words)} words, more than max_words={max_words}")
+        ids[i, :len(words)] = torch.tensor([_WORD_ID[w] for w in words], dtype=torch.long)
+    return ids
+
+@dataclass
+class VLAConfig:
+    """The size of a :class:`VLAPolicy`. ``text_blind=True`` is the baseline that never reads the instruction."""
+
+    dim: int = 64
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: int = 2
+    max_words: int = 16
+    text_blind: bool = False
+
+    def __post_init__(self):
+        for name, low in (("dim", 8), ("depth", 1), ("heads", 1), ("mlp_ratio", 1), ("max_words", 1)):
+            setattr(self, name, checks.integer(getattr(self, name), f"VLAConfig.{name}", minimum=low))
+        if self.dim % self.heads:
+            raise ValueError(f"VLAConfig.heads ({self.heads}) must divide dim ({self.dim})")
+        self.text_blind = _boolean(self.text_blind, "VLAConfig.text_blind")
+
+    def vit_config(self) -> ViTConfig:
+        """Chapter 1's ViT at the grid world's size: one 10×10 patch (one token) per cell."""
+        return ViTConfig(image_size=IMAGE_SIZE, patch_size=CELL, channels=3, dim=self.dim, depth=self.depth,
+                         heads=self.heads, mlp_ratio=self.mlp_ratio)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class VLAPolicy(nn.Module):
+    """π(action | image, instruction): chapter 1's ViT reading the image and the instruction together.
+
+    The image becomes chapter 1's tokens z₀ = [x_class; x_p¹E; …; x_p²⁵E] + E_pos (one patch per grid
+    cell), each word of the instruction a token (a learnt word embedding plus a learnt position
+    embedding and a "this is text" embedding), and the ViT's own transformer blocks attend over all
+    of them at once: a single-stream fusion, as in the VLAs that feed word and image tokens to one
+    transformer. Padding words are masked out of attention. The class token's final state y goes
+    through one linear layer to five action logits (:data:`ACTIONS`: four moves and "stop", which
+    ends the episode). Everything, the ViT included, is trained from scratch by behaviour cloning.
+
+    With ``config.text_blind`` the words are dropped before the transformer: the same network sees
+    the image alone, so its outputs cannot depend on the instruction (the baseline).
+    """
+
+    def __init__(self, config: VLAConfig | None = None):
+        super().__init__()
+        config = config if config is not None else VLAConfig()
+        if not isinstance(config, VLAConfig):
+            raise TypeError(f"config must be a VLAConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.vit = ViT(c.vit_config())
+        self.word_embedding = nn.Embedding(len(VOCABULARY), c.dim, padding_idx=0)
+        self.word_position = nn.Parameter(torch.randn(c.max_words, c.dim) * 0.02)
+        self.text_type = nn.Parameter(torch.randn(c.dim) * 0.02)
+        self.head = nn.Linear(c.dim, len(ACTIONS))
+
+    def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, 50, 50) in [0, 1] (uint8 0–255 accepted) and word ids (B, L) from :func:`tokenize`
+        -> action logits (B, 5) in the order of :data:`ACTIONS`."""
+        c = self.config
+        z = self.vit.embed(images)                                                   # (B, 26, D), images checked
+        B = len(z)
+        if (not isinstance(words, torch.Tensor) or words.ndim != 2 or len(words) != B
+                or not 1 <= words.shape[1] <= c.max_words or words.is_floating_point()):
+            raise ValueError(f"words must be an integer tensor ({B}, L ≤ {c.max_words}) from vla.tokenize(), "
+                             f"got {checks._given(words)}")
+        mask = None
+        if not c.text_blind:
+            L = words.shape[1]
+            text = self.word_embedding(words) + self.word_position[:L] + self.text_type      # (B, L, D)
+            z = torch.cat([z, text], dim=1)                                                  # (B, 26 + L, D)
+            keep = torch.cat([torch.ones(B, z.shape[1] - L, dtype=torch.bool, device=z.device), words != 0], 1)
+            mask = keep[:, None, None, :]                                                    # keys a query may read
+        for block in self.vit.blocks:
+            z = block(z, mask)
+        return self.head(self.vit.norm(z[:, 0]))                                             # (B, 5)
+
+
+def _check_model(model) -> VLAPolicy:
+    if not isinstance(model, VLAPolicy):
+        raise TypeError(f"model must be a vla.VLAPolicy (e.g. from build_vla), got {checks._given(model)}")
+    return model
+
+
+# -- acting -----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def act(model: VLAPolicy, images, instructions: Sequence[str]) -> torch.Tensor:
+    """The greedy actions (N,) (indices into :data:`ACTIONS`) of ``model`` for images (N, 3, 50, 50)
+    and their instructions."""
+    model = _check_model(model)
+    instructions = checks.text_list(instructions, "instructions")
+    images = checks.images(images, "images", shape=(3, IMAGE_SIZE, IMAGE_SIZE), from_uint8=True)
+    if len(images) != len(instructions):
+        raise ValueError(f"images and instructions must have the same length, got {len(images)} and {len(instructions)}")
+    model.eval()
+    device = next(model.parameters()).device
+    words = tokenize(instructions, model.config.max_words).to(device)
+    return model(images.to(device), words).argmax(1).cpu()
+
+
+def policy_fn(model: VLAPolicy):
+    """``model`` as a policy: ``policy(image (3, 50, 50), instruction) -> action name`` for
+    :func:`gridworld.run_episode`, and on a batch ``policy(images (B, 3, 50, 50), instructions) -> B
+    names`` for :func:`gridworld.run_episodes`. Greedy (the most likely action), so deterministic."""
+    model = _check_model(model)
+
+    def policy(images, instructions):
+        if isinstance(instructions, (str, np.str_)):
+            if not isinstance(images, torch.Tensor) or images.ndim != 3:
+                raise ValueError(f"with one instruction, image must be one image (3, 50, 50), got {checks._given(images)}")
+            return ACTIONS[int(act(model, images[None], [instructions])[0])]
+        return [ACTIONS[int(a)] for a in act(model, images, instructions)]
+    return policy
+
+
+def evaluate(model: VLAPolicy, n: int = 200, splits: Sequence[str] = SPLITS, seed: int = 1000,
+             max_steps: int | None = None) -> dict[str, dict[str, float]]:
+    """Success rates by running episodes: for each split, ``n`` tasks (``gridworld.tasks(n, split,
+    seed)``, the families in turn) run with :func:`policy_fn` until success or gridworld's step limit.
+    Returns ``{split: {"all": rate, "goto": rate, "push": rate, "refer": rate, "n": n}}``."""
+    model = _check_model(model)
+    n = checks.integer(n, "n", minimum=1)
+    seed = checks.integer(seed, "seed", minimum=0)
+    splits = [checks.choice(s, "splits", SPLITS) for s in checks.text_list(list(splits) if not isinstance(splits, str)
+                                                                             else splits, "splits")]
+    policy = policy_fn(model)
+    out = {}
+    for split in splits:
+        episodes = gridworld.run_episodes(policy, gridworld.tasks(n, split, seed), max_steps)
+        won = np.array([e.success for e in episodes], dtype=float)
+        fam = np.array([e.task.family for e in episodes])
+        out[split] = {"all": float(won.mean()), "n": n,
+                      **{f: float(won[fam == f].mean()) for f in FAMILIES if (fam == f).any()}}
+    return out
+
+
+# -- data -------------------------------------------------------------------------------------------------
+@dataclass
+class VLARecipe:
+    """How a policy is trained (with the config, the cache key).
+
+    ``n_tasks`` training tasks give the expert's demonstrations; the policy trains ``steps`` steps on
+    them. Then each of ``dagger_rounds`` rounds runs the policy on ``dagger_tasks`` new training tasks,
+    labels every state it visited with the expert's action, adds them to the data and trains
+    ``dagger_steps`` more steps (the learning rate restarts its schedule each round).
+    ``mirror`` is the chance that a training example is flipped left to right, with "left" and
+    "right" swapped in its instruction and its action.
+    """
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.05
+    n_tasks: int = 3000
+    dagger_rounds: int = 1
+    dagger_tasks: int = 1000
+    dagger_steps: int = 1000
+    mirror: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, low in (("steps", 1), ("batch_size", 1), ("n_tasks", 1), ("dagger_rounds", 0),
+                          ("dagger_tasks", 1), ("dagger_steps", 1), ("seed", 0)):
+            setattr(self, name, checks.integer(getattr(self, name), f"VLARecipe.{name}", minimum=low))
+        self.lr = checks.number(self.lr, "VLARecipe.lr", low=0.0, low_open=True)
+        self.weight_decay = checks.number(self.weight_decay, "VLARecipe.weight_decay", low=0.0)
+        self.warmup = checks.number(self.warmup, "VLARecipe.warmup", low=0.0, high=1.0, high_open=True)
+        self.mirror = checks.probability(self.mirror, "VLARecipe.mirror")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Data:
+    """Training triples: images (N, 3, 50, 50) uint8, word ids (N, MAX_WORDS), actions (N,)."""
+
+    images: torch.Tensor
+    words: torch.Tensor
+    actions: torch.Tensor
+
+    def __add__(self, other: "_Data") -> "_Data":
+        return _Data(*(torch.cat([a, b]) for a, b in ((self.images, other.images), (self.words, other.words),
+                                                          (self.actions, other.actions))))
+
+
+def _as_data(images: torch.Tensor, texts: Sequence[str], actions: Sequence[int], max_words: int) -> _Data:
+    return _Data((images * 255).round().to(torch.uint8), tokenize(texts, max_words), torch.as_tensor(actions, dtype=torch.long))
+
+
+def expert_data(n_tasks: int, seed: int = 0, max_words: int = MAX_WORDS) -> _Data:
+    """The expert's demonstrations on ``gridworld.tasks(n_tasks, "train", seed)``, one triple per step."""
+    demos = gridworld.demonstrations(n_tasks, "train", seed)
+    return _as_data(demos.images, demos.instructions, demos.actions, max_words)
+
+
+def dagger_data(model: VLAPolicy, n_tasks: int, seed: int) -> tuple[_Data, float]:
+    """DAgger's step: run ``model`` on ``gridworld.tasks(n_tasks, "train", seed)`` and label each state it
+    visited (before its last) with the expert's action; states the task can no longer be done from
+    (a shape pushed into a corner) have no label and are left out. Returns the triples and the
+    policy's success rate on these tasks."""
+    model = _check_model(model)
+    episodes = gridworld.run_episodes(policy_fn(model), gridworld.tasks(n_tasks, "train", seed))
+    states, seeds, texts, labels = [], [], [], []
+    for e in episodes:
+        for s in e.states[:-1] if e.steps else []:
+            a = gridworld.expert_action(s, e.task)
+            if a is not None:
+                states.append(s), seeds.append(e.task.seed), texts.append(e.task.instruction)
+                labels.append(ACTIONS.index(a))
+    data = _as_data(gridworld.render_many(states, seeds), texts, labels, model.config.max_words)
+    return data, float(np.mean([e.success for e in episodes]))
+
+
+_SWAP_WORDS = {"left": "right", "right": "left"}
+_MIRROR_ACTION = torch.tensor([ACTIONS.index({"left": "right", "right": "left"}.get(a, a)) for a in ACTIONS])
+_MIRROR_WORD = torch.tensor([_WORD_ID[_SWAP_WORDS.get(w, w)] for w in VOCABULARY])
+
+
+def mirror(images: torch.Tensor, words: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The left–right mirror image of training triples: the image flipped (column c becomes 4 − c),
+    "left" and "right" swapped in the words and in the actions. Up, down, above and below stay."""
+    return images.flip(-1), _MIRROR_WORD[words], _MIRROR_ACTION[actions]
+
+
+# -- training ---------------------------------------------------------------------------------------------
+def _fit(model: VLAPolicy, data: _Data, steps: int, recipe: VLARecipe, g: torch.Generator, device, desc: str,
+         history: dict[str, list[float]]) -> None:
+    from .training import train
+
+    def loss_fn(step: int):
+        i = torch.randint(0, len(data.actions), (recipe.batch_size,), generator=g)
+        images, words, actions = data.images[i], data.words[i], data.actions[i]
+        if recipe.mirror > 0:
+            flip = torch.rand(len(i), generator=g) < recipe.mirror
+            m = mirror(images[flip], words[flip], actions[flip])
+            images, words, actions = images.clone(), words.clone(), actions.clone()
+            images[flip], words[flip], actions[flip] = m
+        logits = model(images.to(device).float() / 255, words.to(device))
+        actions = actions.to(device)
+        return F.cross_entropy(logits, actions), {"accuracy": (logits.argmax(1) == actions).float().mean()}
+
+    h = train(model, loss_fn, steps, lr=recipe.lr, weight_decay=recipe.weight_decay, warmup=recipe.warmup, desc=desc)
+    for k, v in h.items():
+        history.setdefault(k, []).extend(v)
+
+
+def train_vla(config: VLAConfig | None = None, recipe: VLARecipe | None = None, progress: bool = True,
+              device: str | torch.device = "cpu") -> tuple[VLAPolicy, dict[str, list[float]], dict]:
+    """Train a :class:`VLAPolicy` by behaviour cloning and DAgger (see :class:`VLARecipe`).
+
+    Returns the model (eval mode), its history (loss and accuracy per step) and ``info``: the number
+    of expert and DAgger triples, the policy's success on each round's DAgger tasks (before it trained
+    on them) and the seconds taken.
+    """
+    config = config if config is not None else VLAConfig()
+    recipe = recipe if recipe is not None else VLARecipe()
+    if not isinstance(config, VLAConfig):
+        raise TypeError(f"config must be a VLAConfig, got {type(config).__name__}")
+    if not isinstance(recipe, VLARecipe):
+        raise TypeError(f"recipe must be a VLARecipe, got {type(recipe).__name__}")
+    device = _device(device)
+    start = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    model = VLAPolicy(config).to(device)
+    g = torch.Generator().manual_seed(recipe.seed)       # on the CPU: the same batches on any device
+    data = expert_data(recipe.n_tasks, recipe.seed, config.max_words)
+    info = {"expert_triples": len(data.actions), "dagger_triples": [], "dagger_success": []}
+    history: dict[str, list[float]] = {}
+    with contextlib.ExitStack() as quiet:
+        if not progress:
+            quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        _fit(model, data, recipe.steps, recipe, g, device, "behaviour cloning", history)
+        for r in range(recipe.dagger_rounds):
+            # DAgger's tasks: training tasks the expert data never used (another seed of the train split)
+            new, rate = dagger_data(model, recipe.dagger_tasks, recipe.seed + 10_000 * (r + 1))
+            info["dagger_triples"].append(len(new.actions))
+            info["dagger_success"].append(rate)
+            data = data + new
+            _fit(model, data, recipe.dagger_steps, recipe, g, device, f"DAgger round {r + 1}", history)
+    info["train_seconds"] = time.perf_counter() - start
+    return model.eval(), history, info
+
+
+# -- the cache and the shipped policy ---------------------------------------------------------------------
+#: Bumped when the world, the expert or the training data change: cached policies are retrained.
+_DATA_VERSION = 1
+#: How the chapter's numbers are measured: episodes per split and the seed of their tasks.
+EVAL_N, EVAL_SEED = 200, 1000
+
+
+def _key(config: VLAConfig, recipe: VLARecipe) -> dict:
+    return {"model": config.to_dict(), "recipe": recipe.to_dict(), "data": _DATA_VERSION}
+
+
+def _metrics(model: VLAPolicy, info: dict, n: int) -> dict:
+    metrics = {"train_seconds": info["train_seconds"], "expert_triples": info["expert_triples"],
+               "dagger_triples": info["dagger_triples"], "dagger_success": info["dagger_success"],
+               "parameters": sum(p.numel() for p in model.parameters())}
+    for split, rates in evaluate(model, n, seed=EVAL_SEED).items():
+        metrics.update({f"{split}_{k}": v for k, v in rates.items() if k != "n"})
+    metrics["eval_n"] = n
+    return metrics
+
+
+def build_vla(config: VLAConfig | None = None, recipe: VLARecipe | None = None, verbose: bool = True,
+              eval_n: int = EVAL_N, device: str | torch.device = "cpu") -> tuple[VLAPolicy, Artifact]:
+    """The trained policy for ``config`` and ``recipe``: from the artifact cache, or trained now.
+
+    A fresh build stores in ``artifact.metrics`` its training time, its data (expert and DAgger
+    triples, the policy's success on each DAgger round's tasks) and :func:`evaluate`'s success rates
+    on ``eval_n`` episodes per split (``"test_all"``, ``"holdout_pairs_push"``, ...).
+    """
+    config = config if config is not None else VLAConfig()
+    recipe = recipe if recipe is not None else VLARecipe()
+    if not isinstance(config, VLAConfig):
+        raise TypeError(f"config must be a VLAConfig, got {type(config).__name__}")
+    if not isinstance(recipe, VLARecipe):
+        raise TypeError(f"recipe must be a VLARecipe, got {type(recipe).__name__}")
+    eval_n = checks.integer(eval_n, "eval_n", minimum=1)
+    key = {**_key(config, recipe), "eval_n": eval_n}
+
+    def build() -> Artifact:
+        model, history, info = train_vla(config, recipe, progress=verbose, device=device)
+        return Artifact("vla", key, {k: v.cpu() for k, v in model.state_dict().items()},
+                        _metrics(model, info, eval_n), {k: history[k] for k in ("loss", "accuracy")})
+
+    art = cached("vla", key, build, verbose=verbose)
+    model = VLAPolicy(config)
+    model.load_state_dict(art.state_dict)
+    return model.eval().to(_device(device)), art
+
+
+#: The shipped policies (``python -m tools.train_vla``): the chapter's policy and its text-blind baseline.
+SHIPPED_NAME = "vla-grid"
+SHIPPED_MODELS = ("policy", "text_blind")
+
+
+def weights_folder() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("vlmlib") / "weights")) / SHIPPED_NAME
+
+
+def save_shipped(models: dict[str, tuple[VLAPolicy, VLARecipe, dict, dict]], folder: Path | str | None = None) -> Path:
+    """Store ``{"policy": (model, recipe, metrics, history), "text_blind": ...}`` in ``folder`` (default
+    :func:`weights_folder`): one safetensors file per model and ``record.json`` with each model's
+    config, recipe, metrics, loss history and the SHA-256 of its weights."""
+    from safetensors.torch import save_file
+
+    if set(models) != set(SHIPPED_MODELS):
+        raise ValueError(f"models must have the keys {list(SHIPPED_MODELS)}, got {list(models)}")
+    folder = Path(folder) if folder is not None else weights_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"data": _DATA_VERSION, "eval_n": EVAL_N, "eval_seed": EVAL_SEED}
+    for name, (model, recipe, metrics, history) in models.items():
+        path = folder / f"{name}.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in _check_model(model).state_dict().items()}, str(path))
+        record[name] = {"config": model.config.to_dict(), "recipe": recipe.to_dict(), "metrics": metrics,
+                        "history": history, "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    (folder / "record.json").write_text(json.dumps(record, indent=1, allow_nan=False))
+    return folder
+
+
+def load_shipped(name: str = "policy", folder: Path | str | None = None) -> tuple[VLAPolicy, dict]:
+    """A shipped policy (``"policy"`` or ``"text_blind"``), frozen and in eval mode, and its record
+    (config, recipe, metrics measured when it was trained, loss history).
+
+    Raises ``FileNotFoundError`` when the folder is missing and ``ValueError`` when the weights fail
+    their checksum.
+    """
+    from safetensors.torch import load_file
+
+    name = checks.choice(name, "name", SHIPPED_MODELS)
+    folder = Path(folder) if folder is not None else weights_folder()
+    record_path, weights = folder / "record.json", folder / f"{name}.safetensors"
+    if not record_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"no shipped policy in {folder}: run `python -m tools.train_vla`")
+    record = json.loads(record_path.read_text())
+    if hashlib.sha256(weights.read_bytes()).hexdigest() != record[name]["weights_sha256"]:
+        raise ValueError(f"{weights} fails its checksum: run `python -m tools.train_vla` again")
+    model = VLAPolicy(VLAConfig(**record[name]["config"]))
+    model.load_state_dict(load_file(str(weights)))
+    model.requires_grad_(False)
+    return model.eval(), record[name]
+
+
+#: The shipped policy's recipe (behaviour cloning, then one round of DAgger) and the text-blind
+#: baseline's (the same expert data, behaviour cloning only, a shorter run), with ``VLAConfig()``.
+SHIPPED_RECIPE = VLARecipe(steps=3000, n_tasks=3000, dagger_rounds=1, dagger_tasks=1000, dagger_steps=1000)
+TEXT_BLIND_RECIPE = VLARecipe(steps=1500, n_tasks=3000, dagger_rounds=0)
+
+
+# -- SayCan in miniature --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SayCanTask:
+    """A high-level instruction ("push a red shape up") in a scene, and the skills it could mean.
+
+    ``skills`` holds a gridworld task for each of :func:`gridworld.skills` ("go to the red circle",
+    "push the red circle up", "push the blue cross to the left", ...): the robot's repertoire. Two
+    shapes have the named colour; only one of them can be pushed that way (the other stands against
+    the wall), so the words alone cannot tell which skill will work.
+    """
+
+    instruction: str
+    colour: str
+    direction: str
+    skills: tuple[gridworld.Task, ...]
+
+
+def saycan_tasks(n: int, seed: int = 0) -> list[SayCanTask]:
+    """``n`` scenes for SayCan: two shapes of one colour (seen colour–kind pairs), one free to be pushed
+    in the asked direction and one against the wall on that side, and 0 to 2 shapes of other colours."""
+    from .shapesworld import COLOUR_NAMES, HELD_OUT, KINDS, SIZES
+
+    n, seed = checks.integer(n, "n", minimum=0), checks.integer(seed, "seed", minimum=0)
+    rng = np.random.default_rng([seed, 31])
+    out: list[SayCanTask] = []
+    while len(out) < n:
+        colour, direction = COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))], gridworld.MOVES[rng.integers(4)]
+        kinds = [k for k in KINDS if (colour, k) not in HELD_OUT]
+        others = [(c, k) for c in COLOUR_NAMES for k in KINDS if c != colour and (c, k) not in HELD_OUT]
+        pairs = [(colour, k) for k in rng.choice(kinds, 2, replace=False)]
+        pairs += [others[i] for i in rng.choice(len(others), int(rng.integers(3)), replace=False)]
+        cells = [divmod(int(i), gridworld.GRID) for i in rng.choice(gridworld.GRID ** 2, len(pairs) + 1, replace=False)]
+        edge = {"up": (0, None), "down": (gridworld.GRID - 1, None), "left": (None, 0), "right": (None, gridworld.GRID - 1)}
+        r, c = edge[direction]
+        cells[1] = (r if r is not None else cells[1][0], c if c is not None else cells[1][1])   # against the wall
+        if len(set(cells)) != len(cells):
+            continue
+        order = rng.permutation(len(pairs))                  # the scene's order says nothing about feasibility
+        shapes = tuple(gridworld.GridShape(*pairs[i], SIZES[rng.integers(2)], cells[i]) for i in order)
+        start, task_seed = gridworld.State(cells[-1], shapes), int(rng.integers(2**31))
+        skills = tuple(gridworld.task_from_text(start, text, task_seed) for text in gridworld.skills(start))
+        free = [t for t in skills if t.family == "push" and t.direction == direction and shapes[t.target].colour == colour]
+        plans = [gridworld.expert_plan(start, t) for t in free]
+        if sum(p is not None for p in plans) != 1 or any(p is not None and len(p) > gridworld.MAX_PLAN + 1 for p in plans):
+            continue
+        out.append(SayCanTask(f"push a {colour} shape {gridworld.DIRECTION_PHRASES[direction]}", colour, direction, skills))
+    return out
+
+
+def lm_scores(task: SayCanTask) -> np.ndarray:
+    """SayCan's "say": how well each skill's words fit the instruction, as probabilities. A skill fits
+    when it pushes a shape of the instruction's colour in its direction; the fitting skills share the probability
+    equally (a uniform prior over the skills consistent with the words), the others get none.
+    A language model would spread some probability over the others too; the point is the same:
+    words alone cannot say which of the fitting skills the scene allows."""
+    if not isinstance(task, SayCanTask):
+        raise TypeError(f"task must be a vla.SayCanTask (from saycan_tasks), got {checks._given(task)}")
+    fits = np.array([s.family == "push" and s.start.shapes[s.target].colour == task.colour
+                     and s.direction == task.direction for s in task.skills], dtype=float)
+    return fits / fits.sum()
+
+
+def rollout_values(model: VLAPolicy, task: SayCanTask, skills: Sequence[int] | None = None) -> np.ndarray:
+    """SayCan's "can": the chance that each skill succeeds from the current state, estimated here by
+    one rollout of the (deterministic) policy in the simulator: 1 if it succeeded, else 0. Only the
+    ``skills`` listed (indices; default all) are rolled out, the others get 0."""
+    model = _check_model(model)
+    if not isinstance(task, SayCanTask):
+        raise TypeError(f"task must be a vla.SayCanTask (from saycan_tasks), got {checks._given(task)}")
+    skills = list(range(len(task.skills))) if skills is None else [
+        checks.integer(i, "skills", 0, len(task.skills) - 1) for i in skills]
+    values = np.zeros(len(task.skills))
+    episodes = gridworld.run_episodes(policy_fn(model), [task.skills[i] for i in skills], SAYCAN_MAX_STEPS)
+    values[skills] = [e.success for e in episodes]
+    return values
+
+
+#: The step limit of a SayCan episode (a skill that cannot be done has no expert plan to size it by).
+SAYCAN_MAX_STEPS = 3 * (gridworld.MAX_PLAN + 1)
+
+
+def saycan(model: VLAPolicy, n: int = 100, seed: int = 0) -> dict[str, float]:
+    """Success on :func:`saycan_tasks` when the skill is chosen by the language score alone (the first
+    of the best-scored skills, in the scene's order) and by SayCan's product, language score × value.
+    The chosen skill is then run by the policy; success: it stopped with a shape of the named colour
+    pushed one cell in the named direction."""
+    model = _check_model(model)
+    todo = saycan_tasks(n, seed)
+    chosen = {"lm_only": [], "lm_x_value": []}
+    for t in todo:
+        lm = lm_scores(t)
+        chosen["lm_only"].append(t.skills[int(np.argmax(lm))])
+        value = rollout_values(model, t, np.flatnonzero(lm).tolist())       # the others' product is 0 anyway
+        chosen["lm_x_value"].append(t.skills[int(np.argmax(lm * value))])
+    policy = policy_fn(model)
+    out = {k: float(np.mean([e.success for e in gridworld.run_episodes(policy, v, SAYCAN_MAX_STEPS)]))
+           for k, v in chosen.items()}
+    return {**out, "n": n}
