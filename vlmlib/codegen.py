@@ -453,16 +453,25 @@ def _pixel_spec(example, with_size: bool) -> dict:
     return example.spec
 
 
+def _one_shape_faithfulness(pipeline: str) -> float:
+    """The faithfulness to one-shape prompts of seen pairs that a shipped pipeline's record holds (at its best w)."""
+    from . import text2image as T
+
+    m = json.loads((T.shipped_folder(pipeline) / "record.json").read_text())["metrics"]
+    return m["sweep"][f"{m['best_guidance']:g}"]["one_seen"]["faithful"]
+
+
 def code_vs_pixels(n: int = 48, seed: int = 0, model=None, tokenizer: CodeTokenizer | None = None,
-                   pipeline: str = "t2i-clip", guidance: float | None = None, steps: int = 20) -> dict:
+                   pipeline: str | None = None, guidance: float | None = None, steps: int = 20) -> dict:
     """The same held-out prompts two ways, read by the same scene judge with the same spec check
     (:func:`vlmlib.programs.judge_pixels`):
 
     - ``"code"``: the code model writes a program (greedy), the interpreter draws it, the judge reads
       the image (a program that fails to run counts as wrong);
     - ``"pixels"``: chapter 6's shipped text-to-image ``pipeline`` generates the image directly
-      (``guidance`` defaults to the best w of its record; ``steps`` DDIM steps; images through the
-      artifact cache, drawn from ``seed``).
+      (``None``: the shipped pipeline whose record scores best on one-shape prompts, as chapter 6
+      picks it; ``guidance`` defaults to the best w of its record; ``steps`` DDIM steps; images
+      through the artifact cache, drawn from ``seed``).
 
     For ``n`` prompts of each family of :func:`comparison_prompts`. Returns per family
     (``"relation"``, ``"one_shape"`` judged on colour, kind and place as chapter 6's bars,
@@ -477,6 +486,8 @@ def code_vs_pixels(n: int = 48, seed: int = 0, model=None, tokenizer: CodeTokeni
         model, tokenizer, _ = load_shipped()
     elif not isinstance(tokenizer, CodeTokenizer):
         raise TypeError("tokenizer must be the model's CodeTokenizer when a model is given")
+    if pipeline is None:
+        pipeline = max(("t2i-clip", "t2i-lm"), key=_one_shape_faithfulness)
     pipe = T.TextToImagePipeline.from_pretrained(T.shipped_folder(pipeline))
     w = pipe.record["metrics"]["best_guidance"] if guidance is None else checks.number(guidance, "guidance", low=0.0)
     sets = comparison_prompts(n, seed=3000 + seed)
