@@ -82,13 +82,18 @@ class VLAConfig:
     mlp_ratio: int = 2
     max_words: int = 16
     text_blind: bool = False
+    pos_init: str = "sincos"
+
 
     def __post_init__(self):
         for name, low in (("dim", 8), ("depth", 1), ("heads", 1), ("mlp_ratio", 1), ("max_words", 1)):
             setattr(self, name, checks.integer(getattr(self, name), f"VLAConfig.{name}", minimum=low))
         if self.dim % self.heads:
             raise ValueError(f"VLAConfig.heads ({self.heads}) must divide dim ({self.dim})")
+        if self.dim % 4:
+            raise ValueError(f"VLAConfig.dim must be a multiple of 4 (the 2-D sine–cosine positions), got {self.dim}")
         self.text_blind = _boolean(self.text_blind, "VLAConfig.text_blind")
+        self.pos_init = checks.choice(self.pos_init, "VLAConfig.pos_init", POS_INITS)
 
     def vit_config(self) -> ViTConfig:
         """Chapter 1's ViT at the grid world's size: one 10×10 patch (one token) per cell."""
@@ -97,6 +102,26 @@ class VLAConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: How the ViT's position embeddings start: chapter 1's small random values, or 2-D sines and cosines
+#: of each cell's row and column (learnt on from there).
+POS_INITS = ("random", "sincos")
+
+
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """2-D sine–cosine position embeddings (grid², dim): half the features encode the row, half the column,
+    each as sin and cos at dim/4 frequencies (the fixed embeddings of MAE, He et al. 2022)."""
+    grid, dim = checks.integer(grid, "grid", minimum=1), checks.integer(dim, "dim", minimum=4)
+    if dim % 4:
+        raise ValueError(f"dim must be a multiple of 4 (sin and cos of rows and columns), got {dim}")
+    freqs = 1.0 / 10_000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
+
+    def encode(x):
+        angles = x.reshape(-1, 1) * freqs                            # (grid², dim/4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)        # (grid², dim/2)
+    return torch.cat([encode(rows), encode(cols)], dim=1)            # (grid², dim), patches row by row
 
 
 class VLAPolicy(nn.Module):
@@ -110,6 +135,12 @@ class VLAPolicy(nn.Module):
     through one linear layer to five action logits (:data:`ACTIONS`: four moves and "stop", which
     ends the episode). Everything, the ViT included, is trained from scratch by behaviour cloning.
 
+    One change to chapter 1's ViT: its position embeddings start as 2-D sines and cosines of each
+    cell's row and column (``pos_init="sincos"``) rather than small random values. Acting needs
+    *where* the agent and the named shape are from the first step; with random starting positions
+    the policy stayed at the loss of guessing from the words alone (about 1.54 nats, 0% success) for
+    all of a 4,000-step run, in one run of each (chapter 1's init, learning rates 5e-4 to 2e-3).
+
     With ``config.text_blind`` the words are dropped before the transformer: the same network sees
     the image alone, so its outputs cannot depend on the instruction (the baseline).
     """
@@ -121,6 +152,9 @@ class VLAPolicy(nn.Module):
             raise TypeError(f"config must be a VLAConfig, got {type(config).__name__}")
         self.config = c = config
         self.vit = ViT(c.vit_config())
+        if c.pos_init == "sincos":
+            with torch.no_grad():           # the class token's position stays as chapter 1 starts it
+                self.vit.pos_embed[0, 1:] = sincos_positions(IMAGE_SIZE // CELL, c.dim)
         self.word_embedding = nn.Embedding(len(VOCABULARY), c.dim, padding_idx=0)
         self.word_position = nn.Parameter(torch.randn(c.max_words, c.dim) * 0.02)
         self.text_type = nn.Parameter(torch.randn(c.dim) * 0.02)
@@ -219,15 +253,15 @@ class VLARecipe:
     "right" swapped in its instruction and its action.
     """
 
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 2e-3
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: float = 0.05
     n_tasks: int = 3000
     dagger_rounds: int = 1
     dagger_tasks: int = 1000
-    dagger_steps: int = 1000
+    dagger_steps: int = 2000
     mirror: float = 0.0
     seed: int = 0
 
@@ -461,8 +495,9 @@ def load_shipped(name: str = "policy", folder: Path | str | None = None) -> tupl
 
 #: The shipped policy's recipe (behaviour cloning, then one round of DAgger) and the text-blind
 #: baseline's (the same expert data, behaviour cloning only, a shorter run), with ``VLAConfig()``.
-SHIPPED_RECIPE = VLARecipe(steps=3000, n_tasks=3000, dagger_rounds=1, dagger_tasks=1000, dagger_steps=1000)
-TEXT_BLIND_RECIPE = VLARecipe(steps=1500, n_tasks=3000, dagger_rounds=0)
+SHIPPED_RECIPE = VLARecipe(steps=6000, batch_size=64, lr=1e-3, n_tasks=3000, dagger_rounds=1, dagger_tasks=1000,
+                           dagger_steps=2000)
+TEXT_BLIND_RECIPE = VLARecipe(steps=1500, batch_size=64, lr=1e-3, n_tasks=3000, dagger_rounds=0)
 
 
 # -- SayCan in miniature --------------------------------------------------------------------------------
