@@ -39,6 +39,7 @@ from transformers import logging as hf_logging
 from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
 from . import checks
+from .settings import quiet_loading
 from .audio_vit import augment, check_log_mel
 from .tokenizer import shapes_tokenizer
 
@@ -273,6 +274,7 @@ def load_shipped_asr(folder: Path | str | None = None) -> tuple[WhisperForCondit
     if hashlib.sha256(weights.read_bytes()).hexdigest() != record["weights_sha256"]:
         raise ValueError(f"{weights} fails its checksum: run `python -m tools.train_asr` again")
     model = tiny_whisper(ASRConfig(**record["config"]))
-    model.load_state_dict(WhisperForConditionalGeneration.from_pretrained(folder).state_dict())
+    with quiet_loading():
+        model.load_state_dict(WhisperForConditionalGeneration.from_pretrained(folder).state_dict())
     model.requires_grad_(False)
     return model.eval(), record

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from . import checks
+from .settings import quiet_loading
 from .cache import Artifact, cached
 from .shapesworld import COLOUR_NAMES, KINDS, SIZES, vocabulary
 
@@ -582,7 +583,8 @@ def load_shipped(folder: Path | str | None = None, device: str | torch.device = 
         if not (folder / name).is_file() or hashlib.sha256((folder / name).read_bytes()).hexdigest() != sha:
             raise ValueError(f"{folder / name} is missing or fails its checksum: run `python -m tools.train_codegen` again")
     tok = CodeTokenizer(**json.loads((folder / "tokenizer.json").read_text()))
-    model = LlamaForCausalLM.from_pretrained(folder).to(device).eval()
+    with quiet_loading():
+        model = LlamaForCausalLM.from_pretrained(folder).to(device).eval()
     model.requires_grad_(False)
     _LOADED[memo] = (model, tok, record)
     return _LOADED[memo]

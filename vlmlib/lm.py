@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import checks
+from .settings import quiet_loading
 from .shapesworld import POSITION_PHRASES, ShapesWorld, caption, questions, relation_caption, varied_caption
 from .tokenizer import shapes_tokenizer
 
@@ -211,7 +212,8 @@ def load_lm(folder: Path | str | None = None, device: str | torch.device = "cpu"
     record = json.loads(record_path.read_text())
     if hashlib.sha256(weights.read_bytes()).hexdigest() != record["weights_sha256"]:
         raise ValueError(f"{weights} fails its checksum: run `python -m tools.train_lm` again")
-    model = LlamaForCausalLM.from_pretrained(folder).to(device).eval()
+    with quiet_loading():
+        model = LlamaForCausalLM.from_pretrained(folder).to(device).eval()
     model.requires_grad_(False)
     tok = AutoTokenizer.from_pretrained(folder)
     _LOADED[memo] = (model, tok, record)

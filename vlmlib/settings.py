@@ -9,6 +9,7 @@ the GPU budget trains longer and larger. Set the environment variable ``VLMLIB_B
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -119,3 +120,19 @@ def setup(seed: int = 0, device: str | torch.device | None = None, verbose: bool
 def current() -> RunSettings:
     """The settings of the last :func:`setup` call (setting up with defaults if there was none)."""
     return _current if _current is not None else setup(verbose=False)
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Load a model from local files without ``transformers``' "Loading weights" progress bar: a
+    shipped or cached model loads in a blink, and the bar would only clutter the page. Downloads
+    (:mod:`vlmlib.hub`) keep their progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
