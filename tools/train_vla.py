@@ -1,6 +1,6 @@
 """Train chapter 11's vision-language-action policy and its text-blind baseline, and store them in the package.
 
-    python -m tools.train_vla                 # writes vlmlib/weights/vla-grid/ (about 25 minutes on one busy core)
+    python -m tools.train_vla                 # writes vlmlib/weights/vla-grid/ (about 25 minutes on one busy core: 20 for the policy)
     python -m tools.train_vla --verify-only   # re-measure the stored policies' success rates (what the tests repeat)
 
 The policy is ``vlmlib.vla.VLAConfig()`` trained with ``vla.SHIPPED_RECIPE`` (behaviour cloning on the

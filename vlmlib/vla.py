@@ -495,7 +495,7 @@ def load_shipped(name: str = "policy", folder: Path | str | None = None) -> tupl
 
 #: The shipped policy's recipe (behaviour cloning, then one round of DAgger) and the text-blind
 #: baseline's (the same expert data, behaviour cloning only, a shorter run), with ``VLAConfig()``.
-SHIPPED_RECIPE = VLARecipe(steps=6000, batch_size=64, lr=1e-3, n_tasks=3000, dagger_rounds=1, dagger_tasks=1000,
+SHIPPED_RECIPE = VLARecipe(steps=6000, batch_size=64, lr=1e-3, n_tasks=8000, dagger_rounds=1, dagger_tasks=1000,
                            dagger_steps=2000)
 TEXT_BLIND_RECIPE = VLARecipe(steps=1500, batch_size=64, lr=1e-3, n_tasks=3000, dagger_rounds=0)
 
