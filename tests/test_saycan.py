@@ -15,7 +15,7 @@ TINY = CodeGenConfig(hidden_size=32, layers=1, heads=4, intermediate_size=64, ma
 
 @pytest.fixture(scope="module")
 def todo():
-    return S.requests(12, seed=5)
+    return S.requests(12, seed=5, lengths=(2, 3))
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def random_lm():
 
 
 def test_requests_are_feasible_step_by_step_ambiguous_by_words_and_reproducible(todo):
-    assert [r.text for r in todo] == [r.text for r in S.requests(12, seed=5)]
-    assert {len(r.steps) for r in S.requests(12, seed=5, lengths=[2])} == {2}
+    assert [r.text for r in todo] == [r.text for r in S.requests(12, seed=5, lengths=(2, 3))]
+    assert {len(r.steps) for r in S.requests(6, seed=5, lengths=[3])} == {3} and S.requests(3) == S.requests(3, lengths=[2])
     for r in todo:
         assert r.text == ", then ".join(s.text for s in r.steps) and 2 <= len(r.steps) <= 3
         assert all((s.colour, s.kind) not in HELD_OUT for s in r.start.shapes) and len(r.start.shapes) <= S.MAX_SHAPES
@@ -130,8 +130,9 @@ def test_explain_gives_tables_and_the_film_of_the_plan(todo, random_lm):
     model, tok = random_lm
     out = S.explain(todo[1], model, tok, "expert", top=4)
     assert len(out["tables"]) == len(out["skills"]) + out["said_done"]
-    for t in out["tables"]:
-        assert len(t) <= 4 and all(np.isclose(v["product"], v["p_LM"] * v["value"]) for v in t.values())
+    for t, chosen in zip(out["tables"], out["skills"] + [S.DONE]):
+        assert len(t) <= 5 and all(np.isclose(v["product"], v["p_LM"] * v["value"]) for v in t.values())
+        assert chosen in t and t[chosen]["product"] == max(v["product"] for v in t.values())   # SayCan's choice
     again = S.run([todo[1]], model, tok, "expert")[0]
     assert again.skills == out["skills"]
     assert len(out["frames"]) == sum(e.steps for e in again.episodes) + 1        # each action's frame and the last state
