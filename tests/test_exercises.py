@@ -253,10 +253,10 @@ def _cases(ex) -> list[Case]:
 
 def _namespace() -> dict:
     """What the notebooks' earlier cells define that solution cells use."""
-    from vlmlib import motion
+    from vlmlib import gridworld, motion
 
     return {"np": np, "torch": torch, "math": math, "F": F, "COLOUR_NAMES": COLOUR_NAMES, "KINDS": KINDS,
-            "POSITIONS": POSITIONS, "M": motion}
+            "POSITIONS": POSITIONS, "M": motion, "G": gridworld}
 
 
 def _defined(code: str) -> list[str]:

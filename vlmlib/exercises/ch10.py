@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import programs as P
 from ..shapesworld import COLOUR_NAMES, KINDS, SIZES
-from .core import Case, Verdict, check_function, safe_repr
+from .core import Case, Verdict, check_function, python_scalar, safe_repr
 from .registry import exercise
 
 
@@ -33,6 +33,7 @@ def _line_spec(colour, kind, size, line, count):
 
 
 def _runs_and_meets(actual, spec, name: str) -> str | None:
+    actual = python_scalar(actual)                     # np.str_ or a 0-d array of text is text too
     if not isinstance(actual, str):
         return f"{name} should be the program as a string, but it is {safe_repr(actual)}"
     result = P.passes(actual, spec)
@@ -89,6 +90,7 @@ def _allowed_reference(source: str) -> bool:
 
 
 def _same_verdict(actual, expected, name: str) -> str | None:
+    actual = python_scalar(actual)
     if isinstance(actual, (bool, np.bool_)) and bool(actual) == expected:
         return None
     if not isinstance(actual, (bool, np.bool_)):

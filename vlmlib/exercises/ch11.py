@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import gridworld as G
-from .core import Case, Verdict, check_function, safe_repr
+from .core import Case, Verdict, check_function, python_scalar, safe_repr
 from .registry import exercise
 
 
@@ -138,12 +138,11 @@ def _saycan_cases(rng: np.random.Generator) -> list[Case]:
 
 
 def _same_index(actual, expected, name: str) -> str | None:
-    if isinstance(actual, (bool, np.bool_)) or not isinstance(actual, (int, np.integer)):
-        if not (hasattr(actual, "item") and getattr(actual, "size", getattr(actual, "numel", lambda: 0)()) == 1):
-            return f"{name} should be the index of one skill (an int), but it is {safe_repr(actual)}"
-        actual = actual.item()
-    if int(actual) != expected:
-        return f"{name} is skill {int(actual)}; the skill most likely to be both useful and feasible is {expected}"
+    actual = python_scalar(actual)                     # np.int64, a 0-d array or tensor are ints too
+    if isinstance(actual, bool) or not isinstance(actual, int):
+        return f"{name} should be the index of one skill (an int), but it is {safe_repr(actual)}"
+    if actual != expected:
+        return f"{name} is skill {actual}; the skill most likely to be both useful and feasible is {expected}"
     return None
 
 
