@@ -102,6 +102,33 @@ def test_the_mirror_swaps_left_and_right_in_the_image_the_words_and_the_action()
     assert torch.equal(vla.mirror(*vla.mirror(image, words, actions))[1], words)
 
 
+def test_the_grounding_labels_name_the_target_in_every_state_and_the_auxiliary_loss_learns_them():
+    data, demos = vla.expert_data(6, seed=2), G.demonstrations(6, "train", 2)
+    assert torch.equal(data.actions, demos.actions) and torch.equal(data.images, (demos.images * 255).round().to(torch.uint8))
+    for k, (s, e) in enumerate(zip(demos.states, demos.episode.tolist())):
+        t = demos.tasks[e]
+        (r, c), goal = s.shapes[t.target].cell, t.goal_cell        # refer: the shape to reach, not the anchor
+        assert data.cells[k].tolist() == [r * G.GRID + c, -1 if goal is None else goal[0] * G.GRID + goal[1]]
+    assert {t.family for t in demos.tasks} == set(G.FAMILIES) and (data.cells[:, 0] != data.cells[0, 0]).any()
+    # mirrored: column c becomes 4 - c, "none" stays
+    assert vla._mirror_cells(torch.tensor([[0, 8], [24, -1]])).tolist() == [[4, 6], [20, -1]]
+    config = vla.VLAConfig(dim=32, depth=2, heads=2, grounding=True)
+    recipe = vla.VLARecipe(steps=400, batch_size=12, lr=2e-3, weight_decay=0.0, n_tasks=6, dagger_rounds=0,
+                           mirror=0.5, grounding=1.0, seed=2)
+    model, history, _ = vla.train_vla(config, recipe, progress=False)
+    assert np.mean(history["grounding"][-20:]) < 0.5 < np.mean(history["grounding"][:20])
+    with torch.no_grad():
+        logits, where = model.cell_logits(data.images.float() / 255, data.words)
+    assert torch.equal(logits, model(data.images.float() / 255, data.words)) and where.shape == (len(logits), 2, G.GRID ** 2)
+    assert (where[:, 0].argmax(-1) == data.cells[:, 0]).float().mean() > 0.9
+    push = data.cells[:, 1] >= 0
+    assert (where[push, 1].argmax(-1) == data.cells[push, 1]).float().mean() > 0.9
+    with pytest.raises(ValueError, match="VLAConfig\\(grounding=True\\)"):
+        vla.train_vla(TINY, recipe, progress=False)
+    with pytest.raises(ValueError, match="no grounding head"):
+        vla.VLAPolicy(TINY).cell_logits(data.images[:1], data.words[:1])
+
+
 def test_evaluate_runs_episodes_and_reports_each_split_and_family():
     torch.manual_seed(0)
     model = vla.VLAPolicy(TINY).eval()
@@ -127,6 +154,10 @@ def test_bad_arguments_are_refused_with_clear_errors():
         vla.VLARecipe(steps=0)
     with pytest.raises(ValueError, match="VLARecipe.mirror"):
         vla.VLARecipe(mirror=1.5)
+    with pytest.raises(ValueError, match="VLARecipe.grounding"):
+        vla.VLARecipe(grounding=-1.0)
+    with pytest.raises(TypeError, match="VLAConfig.grounding"):
+        vla.VLAConfig(grounding="yes")
     with pytest.raises(TypeError, match="VLAConfig"):
         vla.VLAPolicy({"dim": 32})
     with pytest.raises(TypeError, match="VLARecipe"):

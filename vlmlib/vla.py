@@ -14,6 +14,17 @@ moves and "stop": an episode succeeds only when the policy stops where the instr
 trained from scratch, the ViT included. ``text_blind=True`` gives the same network without the
 words: the baseline that shows how much the instruction matters.
 
+**Grounding, an auxiliary loss** (``VLAConfig(grounding=True)`` and ``VLARecipe.grounding``, a
+weight). Behaviour cloning's only signal is the expert's next action, and a policy can fit its
+training data (99% of its actions) while still walking to the wrong shape on new scenes. With
+grounding, a linear layer reads each of the 25 final cell tokens and gives two scores: "the
+instruction's target shape is here" and "the push must bring it here". A softmax over the 25 cells
+of each is trained with cross-entropy against the truth the world knows in every training state
+(the target's current cell, for ``refer`` the shape to reach and not the anchor; the push's goal
+cell, for push tasks only), added to the action loss with that weight. This is auxiliary
+supervision (an extra prediction from the same features, thrown away when acting): it asks the
+image tokens to say *which* shape the words mean. The policy does not use these scores to act.
+
 **The data** (:class:`VLARecipe`, :func:`train_vla`): the expert's demonstrations
 (:func:`gridworld.demonstrations`), then DAgger (Ross et al., 2011): run the policy being trained,
 label every state it visits with the expert's action (:func:`gridworld.expert_action`, which
@@ -83,7 +94,7 @@ class VLAConfig:
     max_words: int = 16
     text_blind: bool = False
     pos_init: str = "sincos"
-
+    grounding: bool = False
 
     def __post_init__(self):
         for name, low in (("dim", 8), ("depth", 1), ("heads", 1), ("mlp_ratio", 1), ("max_words", 1)):
@@ -93,6 +104,7 @@ class VLAConfig:
         if self.dim % 4:
             raise ValueError(f"VLAConfig.dim must be a multiple of 4 (the 2-D sine–cosine positions), got {self.dim}")
         self.text_blind = _boolean(self.text_blind, "VLAConfig.text_blind")
+        self.grounding = _boolean(self.grounding, "VLAConfig.grounding")
         self.pos_init = checks.choice(self.pos_init, "VLAConfig.pos_init", POS_INITS)
 
     def vit_config(self) -> ViTConfig:
@@ -103,6 +115,9 @@ class VLAConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+
+#: What the grounding head scores in each cell: the instruction's target shape, and the push's goal.
+GROUNDING = ("target", "goal")
 
 #: How the ViT's position embeddings start: chapter 1's small random values, or 2-D sines and cosines
 #: of each cell's row and column (learnt on from there).
@@ -143,6 +158,11 @@ class VLAPolicy(nn.Module):
 
     With ``config.text_blind`` the words are dropped before the transformer: the same network sees
     the image alone, so its outputs cannot depend on the instruction (the baseline).
+
+    With ``config.grounding`` a second linear layer (``ground``) reads each of the 25 final cell
+    tokens and gives two logits per cell (:meth:`cell_logits`): where the instruction's target shape
+    is, and where a push must take it. They are trained as an auxiliary loss (see the module
+    docstring) and never used to act.
     """
 
     def __init__(self, config: VLAConfig | None = None):
@@ -159,10 +179,23 @@ class VLAPolicy(nn.Module):
         self.word_position = nn.Parameter(torch.randn(c.max_words, c.dim) * 0.02)
         self.text_type = nn.Parameter(torch.randn(c.dim) * 0.02)
         self.head = nn.Linear(c.dim, len(ACTIONS))
+        self.ground = nn.Linear(c.dim, len(GROUNDING)) if c.grounding else None
 
     def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, 50, 50) in [0, 1] (uint8 0–255 accepted) and word ids (B, L) from :func:`tokenize`
         -> action logits (B, 5) in the order of :data:`ACTIONS`."""
+        return self.head(self._encode(images, words)[:, 0])                                 # (B, 5)
+
+    def cell_logits(self, images: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The action logits (B, 5) and the grounding logits (B, 2, 25): for each of :data:`GROUNDING`
+        ("target", "goal"), a score per cell (row by row). Only with ``config.grounding``."""
+        if self.ground is None:
+            raise ValueError("this policy has no grounding head: build it with VLAConfig(grounding=True)")
+        z = self._encode(images, words)
+        return self.head(z[:, 0]), self.ground(z[:, 1:1 + gridworld.GRID ** 2]).transpose(1, 2)
+
+    def _encode(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """The final, normalised token states (B, 26 [+ L], D): the class token, the 25 cells [, the words]."""
         c = self.config
         z = self.vit.embed(images)                                                   # (B, 26, D), images checked
         B = len(z)
@@ -179,7 +212,7 @@ class VLAPolicy(nn.Module):
             mask = keep[:, None, None, :]                                                    # keys a query may read
         for block in self.vit.blocks:
             z = block(z, mask)
-        return self.head(self.vit.norm(z[:, 0]))                                             # (B, 5)
+        return self.vit.norm(z)
 
 
 def _check_model(model) -> VLAPolicy:
@@ -250,7 +283,8 @@ class VLARecipe:
     labels every state it visited with the expert's action, adds them to the data and trains
     ``dagger_steps`` more steps (the learning rate restarts its schedule each round).
     ``mirror`` is the chance that a training example is flipped left to right, with "left" and
-    "right" swapped in its instruction and its action.
+    "right" swapped in its instruction and its action. ``grounding`` is the weight of the auxiliary
+    grounding loss (0: none; more than 0 needs ``VLAConfig(grounding=True)``).
     """
 
     steps: int = 6000
@@ -263,6 +297,7 @@ class VLARecipe:
     dagger_tasks: int = 1000
     dagger_steps: int = 2000
     mirror: float = 0.0
+    grounding: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -273,6 +308,7 @@ class VLARecipe:
         self.weight_decay = checks.number(self.weight_decay, "VLARecipe.weight_decay", low=0.0)
         self.warmup = checks.number(self.warmup, "VLARecipe.warmup", low=0.0, high=1.0, high_open=True)
         self.mirror = checks.probability(self.mirror, "VLARecipe.mirror")
+        self.grounding = checks.number(self.grounding, "VLARecipe.grounding", low=0.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -280,25 +316,50 @@ class VLARecipe:
 
 @dataclass
 class _Data:
-    """Training triples: images (N, 3, 50, 50) uint8, word ids (N, MAX_WORDS), actions (N,)."""
+    """Training triples: images (N, 3, 50, 50) uint8, word ids (N, MAX_WORDS), actions (N,), and for the
+    grounding loss ``cells`` (N, 2): the target shape's cell in that state and the push's goal cell
+    (``row * 5 + column``; -1 when there is none: the goal of a goto or refer task)."""
 
     images: torch.Tensor
     words: torch.Tensor
     actions: torch.Tensor
+    cells: torch.Tensor
 
     def __add__(self, other: "_Data") -> "_Data":
-        return _Data(*(torch.cat([a, b]) for a, b in ((self.images, other.images), (self.words, other.words),
-                                                          (self.actions, other.actions))))
+        return _Data(*(torch.cat([getattr(self, k), getattr(other, k)]) for k in ("images", "words", "actions", "cells")))
 
 
-def _as_data(images: torch.Tensor, texts: Sequence[str], actions: Sequence[int], max_words: int) -> _Data:
-    return _Data((images * 255).round().to(torch.uint8), tokenize(texts, max_words), torch.as_tensor(actions, dtype=torch.long))
+def _cell_index(cell: tuple[int, int] | None) -> int:
+    inside = cell is not None and all(0 <= v < gridworld.GRID for v in cell)
+    return cell[0] * gridworld.GRID + cell[1] if inside else -1
+
+
+def _grounding_cells(states: Sequence[gridworld.State], task_list: Sequence[gridworld.Task]) -> torch.Tensor:
+    """(N, 2): the cell of each task's target shape in each state, and the push's goal cell (or -1)."""
+    return torch.tensor([[_cell_index(s.shapes[t.target].cell), _cell_index(t.goal_cell)]
+                         for s, t in zip(states, task_list)], dtype=torch.long).reshape(-1, 2)
+
+
+def _as_data(states: Sequence[gridworld.State], seeds: Sequence[int], task_list: Sequence[gridworld.Task],
+             actions: Sequence[int], max_words: int, chunk: int = 4000) -> _Data:
+    """Draw the states (``chunk`` at a time, so that only uint8 images are ever held in full) into triples."""
+    images = torch.zeros(len(states), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    for i in range(0, len(states), chunk):
+        images[i:i + chunk] = (gridworld.render_many(list(states[i:i + chunk]), list(seeds[i:i + chunk])) * 255).round().to(torch.uint8)
+    return _Data(images, tokenize([t.instruction for t in task_list], max_words),
+                 torch.as_tensor(actions, dtype=torch.long), _grounding_cells(states, task_list))
 
 
 def expert_data(n_tasks: int, seed: int = 0, max_words: int = MAX_WORDS) -> _Data:
-    """The expert's demonstrations on ``gridworld.tasks(n_tasks, "train", seed)``, one triple per step."""
-    demos = gridworld.demonstrations(n_tasks, "train", seed)
-    return _as_data(demos.images, demos.instructions, demos.actions, max_words)
+    """The expert's demonstrations on ``gridworld.tasks(n_tasks, "train", seed)``, one triple per step
+    (the triples of :func:`gridworld.demonstrations`, drawn in chunks), with the grounding cells."""
+    states, task_list, acts = [], [], []
+    for t in gridworld.tasks(n_tasks, "train", seed):
+        s = t.start
+        for a in gridworld.expert_plan(s, t):
+            states.append(s), task_list.append(t), acts.append(ACTIONS.index(a))
+            s = gridworld.step(s, a)
+    return _as_data(states, [t.seed for t in task_list], task_list, acts, max_words)
 
 
 def dagger_data(model: VLAPolicy, n_tasks: int, seed: int) -> tuple[_Data, float]:
@@ -308,14 +369,13 @@ def dagger_data(model: VLAPolicy, n_tasks: int, seed: int) -> tuple[_Data, float
     policy's success rate on these tasks."""
     model = _check_model(model)
     episodes = gridworld.run_episodes(policy_fn(model), gridworld.tasks(n_tasks, "train", seed))
-    states, seeds, texts, labels = [], [], [], []
+    states, task_list, labels = [], [], []
     for e in episodes:
         for s in e.states[:-1] if e.steps else []:
             a = gridworld.expert_action(s, e.task)
             if a is not None:
-                states.append(s), seeds.append(e.task.seed), texts.append(e.task.instruction)
-                labels.append(ACTIONS.index(a))
-    data = _as_data(gridworld.render_many(states, seeds), texts, labels, model.config.max_words)
+                states.append(s), task_list.append(e.task), labels.append(ACTIONS.index(a))
+    data = _as_data(states, [t.seed for t in task_list], task_list, labels, model.config.max_words)
     return data, float(np.mean([e.success for e in episodes]))
 
 
@@ -330,6 +390,12 @@ def mirror(images: torch.Tensor, words: torch.Tensor, actions: torch.Tensor) -> 
     return images.flip(-1), _MIRROR_WORD[words], _MIRROR_ACTION[actions]
 
 
+def _mirror_cells(cells: torch.Tensor) -> torch.Tensor:
+    """Grounding cells (``row * 5 + column``, -1 for none) in the mirrored image: column c becomes 4 − c."""
+    g = gridworld.GRID
+    return torch.where(cells >= 0, cells // g * g + (g - 1 - cells % g), cells)
+
+
 # -- training ---------------------------------------------------------------------------------------------
 def _fit(model: VLAPolicy, data: _Data, steps: int, recipe: VLARecipe, g: torch.Generator, device, desc: str,
          history: dict[str, list[float]]) -> None:
@@ -337,15 +403,21 @@ def _fit(model: VLAPolicy, data: _Data, steps: int, recipe: VLARecipe, g: torch.
 
     def loss_fn(step: int):
         i = torch.randint(0, len(data.actions), (recipe.batch_size,), generator=g)
-        images, words, actions = data.images[i], data.words[i], data.actions[i]
+        images, words, actions, cells = data.images[i], data.words[i], data.actions[i], data.cells[i]
         if recipe.mirror > 0:
             flip = torch.rand(len(i), generator=g) < recipe.mirror
             m = mirror(images[flip], words[flip], actions[flip])
-            images, words, actions = images.clone(), words.clone(), actions.clone()
+            images, words, actions, cells = images.clone(), words.clone(), actions.clone(), cells.clone()
             images[flip], words[flip], actions[flip] = m
-        logits = model(images.to(device).float() / 255, words.to(device))
-        actions = actions.to(device)
-        return F.cross_entropy(logits, actions), {"accuracy": (logits.argmax(1) == actions).float().mean()}
+            cells[flip] = _mirror_cells(cells[flip])
+        images, words, actions = images.to(device).float() / 255, words.to(device), actions.to(device)
+        if recipe.grounding == 0:
+            logits = model(images, words)
+            return F.cross_entropy(logits, actions), {"accuracy": (logits.argmax(1) == actions).float().mean()}
+        logits, where = model.cell_logits(images, words)                   # (B, 5), (B, 2, 25)
+        ground = F.cross_entropy(where.reshape(-1, where.shape[-1]), cells.to(device).reshape(-1), ignore_index=-1)
+        loss = F.cross_entropy(logits, actions) + recipe.grounding * ground
+        return loss, {"accuracy": (logits.argmax(1) == actions).float().mean(), "grounding": ground.detach()}
 
     h = train(model, loss_fn, steps, lr=recipe.lr, weight_decay=recipe.weight_decay, warmup=recipe.warmup, desc=desc)
     for k, v in h.items():
@@ -366,6 +438,8 @@ def train_vla(config: VLAConfig | None = None, recipe: VLARecipe | None = None, 
         raise TypeError(f"config must be a VLAConfig, got {type(config).__name__}")
     if not isinstance(recipe, VLARecipe):
         raise TypeError(f"recipe must be a VLARecipe, got {type(recipe).__name__}")
+    if recipe.grounding > 0 and not config.grounding:
+        raise ValueError(f"VLARecipe.grounding={recipe.grounding} needs a grounding head: VLAConfig(grounding=True)")
     device = _device(device)
     start = time.perf_counter()
     torch.manual_seed(recipe.seed)
@@ -431,7 +505,7 @@ def build_vla(config: VLAConfig | None = None, recipe: VLARecipe | None = None, 
     def build() -> Artifact:
         model, history, info = train_vla(config, recipe, progress=verbose, device=device)
         return Artifact("vla", key, {k: v.cpu() for k, v in model.state_dict().items()},
-                        _metrics(model, info, eval_n), {k: history[k] for k in ("loss", "accuracy")})
+                        _metrics(model, info, eval_n), {k: history[k] for k in ("loss", "accuracy", "grounding") if k in history})
 
     art = cached("vla", key, build, verbose=verbose)
     model = VLAPolicy(config)
@@ -493,10 +567,12 @@ def load_shipped(name: str = "policy", folder: Path | str | None = None) -> tupl
     return model.eval(), record[name]
 
 
-#: The shipped policy's recipe (behaviour cloning, then one round of DAgger) and the text-blind
-#: baseline's (the same expert data, behaviour cloning only, a shorter run), with ``VLAConfig()``.
-SHIPPED_RECIPE = VLARecipe(steps=6000, batch_size=64, lr=1e-3, n_tasks=8000, dagger_rounds=1, dagger_tasks=1000,
-                           dagger_steps=2000)
+#: The shipped policy's config and recipe (behaviour cloning with the grounding loss and mirrored
+#: examples, then one round of DAgger), and the text-blind baseline's (``VLAConfig(text_blind=True)``,
+#: the first 3,000 of the same expert tasks, behaviour cloning only, a shorter run).
+SHIPPED_CONFIG = VLAConfig(grounding=True)
+SHIPPED_RECIPE = VLARecipe(steps=6500, batch_size=64, lr=1e-3, n_tasks=12000, dagger_rounds=1, dagger_tasks=1500,
+                           dagger_steps=2500, mirror=0.5, grounding=1.0)
 TEXT_BLIND_RECIPE = VLARecipe(steps=1500, batch_size=64, lr=1e-3, n_tasks=3000, dagger_rounds=0)
 
 
