@@ -181,11 +181,10 @@ def test_solution_dropdowns_start_closed_and_open_on_click(visits, page):
     assert body.is_visible(), "clicking the solution's toggle should show it"
 
 
-def test_chapter_7s_films_play(visits):
-    """Chapter 7's motions and videos (matplotlib's JavaScript player) must run in the rendered page, offline."""
-    page = visits["notebooks/07_beyond_images.html"].page
+def _films_play(page, expected: int, what: str) -> None:
+    """Every matplotlib JavaScript film of a page runs offline: Play moves the slider and the frame."""
     players = page.query_selector_all("article .animation")
-    assert len(players) == 2, "chapter 7 should show two films: drawn motions and the two routes to video"
+    assert len(players) == expected, f"the page should show {expected} films: {what}"
     for player in players:
         player.scroll_into_view_if_needed()
         frame = player.query_selector("img")
@@ -193,11 +192,22 @@ def test_chapter_7s_films_play(visits):
         assert frame is not None and slider is not None, "the film has no frame or no slider"
         first, start = frame.get_attribute("src"), int(slider.input_value())
         player.query_selector("button[title='Play']").click()
-        page.wait_for_timeout(1200)                               # several frames at 150 ms each
+        page.wait_for_timeout(1500)                               # several frames at 150-400 ms each
         player.query_selector("button[title='Pause']").click()
         assert int(slider.input_value()) > start, "pressing Play did not move the film forward"
         assert frame.get_attribute("src") != first, "the frame did not change while playing"
         assert frame.evaluate("i => i.complete && i.naturalWidth > 0"), "the current frame is not a loaded image"
+
+
+def test_chapter_7s_films_play(visits):
+    """Chapter 7's motions and videos (matplotlib's JavaScript player) must run in the rendered page, offline."""
+    _films_play(visits["notebooks/07_beyond_images.html"].page, 2, "drawn motions and the two routes to video")
+
+
+def test_chapter_11s_episodes_play(visits):
+    """Chapter 11's episodes (the expert pushing a shape; the policy on held-out tasks) play offline."""
+    _films_play(visits["notebooks/11_language_to_action.html"].page, 3,
+                "the expert's push, the policy's episodes and a SayCan request carried out")
 
 
 def test_chapter_9s_speech_plays(visits):
