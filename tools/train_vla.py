@@ -1,11 +1,11 @@
 """Train chapter 11's vision-language-action policy and its text-blind baseline, and store them in the package.
 
-    python -m tools.train_vla                 # writes vlmlib/weights/vla-grid/ (about 22 minutes on one busy core: 19 for the policy)
+    python -m tools.train_vla                 # writes vlmlib/weights/vla-grid/ (about 15 minutes on one busy core: 12 for the policy)
     python -m tools.train_vla --verify-only   # re-measure the stored policies' success rates (what the tests repeat)
     python -m tools.train_vla --policy-only   # retrain the policy only, keeping the stored text-blind baseline
 
 The policy is ``vla.SHIPPED_CONFIG`` (with the grounding head) trained with ``vla.SHIPPED_RECIPE`` (behaviour
-cloning on the expert's demonstrations with the auxiliary grounding loss and mirrored examples, then one round of DAgger); the baseline is ``VLAConfig(text_blind=True)``
+cloning on the expert's demonstrations with the auxiliary grounding loss and mirrored examples, then two rounds of DAgger); the baseline is ``VLAConfig(text_blind=True)``
 trained with ``vla.TEXT_BLIND_RECIPE``. ``record.json`` beside the weights holds, for each, the config,
 the recipe, the training time, the DAgger statistics, the success rates of ``vla.evaluate`` on
 ``vla.EVAL_N`` episodes per split and family, and the loss history.

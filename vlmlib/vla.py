@@ -568,11 +568,11 @@ def load_shipped(name: str = "policy", folder: Path | str | None = None) -> tupl
 
 
 #: The shipped policy's config and recipe (behaviour cloning with the grounding loss and mirrored
-#: examples, then one round of DAgger), and the text-blind baseline's (``VLAConfig(text_blind=True)``,
+#: examples, then two rounds of DAgger), and the text-blind baseline's (``VLAConfig(text_blind=True)``,
 #: the first 3,000 of the same expert tasks, behaviour cloning only, a shorter run).
 SHIPPED_CONFIG = VLAConfig(grounding=True)
-SHIPPED_RECIPE = VLARecipe(steps=6500, batch_size=64, lr=1e-3, n_tasks=12000, dagger_rounds=1, dagger_tasks=1500,
-                           dagger_steps=2500, mirror=0.5, grounding=1.0)
+SHIPPED_RECIPE = VLARecipe(steps=6500, batch_size=64, lr=1e-3, n_tasks=16000, dagger_rounds=2, dagger_tasks=1500,
+                           dagger_steps=2000, mirror=0.5, grounding=1.0)
 TEXT_BLIND_RECIPE = VLARecipe(steps=1500, batch_size=64, lr=1e-3, n_tasks=3000, dagger_rounds=0)
 
 
