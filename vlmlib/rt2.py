@@ -53,7 +53,7 @@ policy almost never succeeded: 1% on test and 3% on held-out pairs from chapter 
 0% from fresh weights. Trained on for 1,500 more steps (learning rate 10⁻³, another 300 DAgger
 tasks; 2,500 steps in all) it reached 24% on test and 23% on held-out pairs from chapter 8's weights
 against 13% and 9% from fresh ones (``push`` near 0% for both): the pretrained model learns faster,
-RT-2's finding in miniature, but far below chapter 11's own policy (:mod:`vlmlib.vla`, 8,000 steps
+RT-2's finding in miniature, but far below chapter 11's own policy (:mod:`vlmlib.vla`, 10,500 steps
 of 64), and the training accuracy (81%) against 48% on test demonstrations says it needs more data.
 """
 
