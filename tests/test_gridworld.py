@@ -306,6 +306,28 @@ def test_success_needs_a_stop_in_the_right_place():
     assert all(not e.success and e.steps == 1 for e in eps)
 
 
+def test_a_policy_that_reads_the_first_frame_gets_each_episodes_start_image():
+    ts = gw.tasks(3, "train", seed=4)
+    starts = gw.render_many([t.start for t in ts], [t.seed for t in ts])
+    seen = []
+
+    def policy(images, texts, firsts):
+        seen.append((images.clone(), firsts.clone()))
+        return ["left"] * len(texts)
+    policy.reads_first_frame = True
+    eps = gw.run_episodes(policy, ts, max_steps=2)
+    assert len(seen) == 2 and all(e.steps == 2 for e in eps)
+    assert torch.equal(seen[0][1], starts) and torch.equal(seen[1][1], starts)     # the start, at every step
+    assert torch.equal(seen[0][0], starts) and not torch.equal(seen[1][0], seen[1][1])
+
+    def one(image, text, first):
+        assert image.shape == first.shape == (3, 50, 50)
+        seen.append(first)
+        return "stop"
+    one.reads_first_frame = True
+    assert gw.run_episode(one, ts[1]).steps == 1 and torch.equal(seen[-1], starts[1])
+
+
 def test_run_episodes_checks_the_policy():
     ts = gw.tasks(6, "train", seed=9)
     assert all(gw.default_max_steps(t) >= 12 for t in ts)

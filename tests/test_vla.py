@@ -35,6 +35,38 @@ def test_every_instruction_of_every_split_tokenizes_and_the_outputs_have_the_rig
     assert episode.steps <= 3 and len(episode.states) == episode.steps + 1
 
 
+def test_a_first_frame_policy_reads_the_start_image_and_is_handed_it_in_episodes():
+    images, texts, todo = _images_and_texts()
+    config = vla.VLAConfig(dim=32, depth=1, heads=2, first_frame=True)
+    assert config.vit_config().channels == 6
+    torch.manual_seed(0)
+    model = vla.VLAPolicy(config).eval()
+    words = vla.tokenize(texts)
+    later = G.render_many([G.step(t.start, "up") for t in todo], [t.seed for t in todo])
+    with torch.no_grad():
+        assert not torch.allclose(model(later, words, images), model(later, words, later))    # the start matters
+    policy = vla.policy_fn(model)
+    assert policy.reads_first_frame and not vla.policy_fn(vla.VLAPolicy(TINY)).reads_first_frame
+    actions = vla.act(model, later, texts, images)
+    assert policy(later, texts, images) == [G.ACTIONS[int(a)] for a in actions]
+    assert policy(later[0], texts[0], images[0]) == G.ACTIONS[int(actions[0])]
+    # in an episode, the first call sees the start as both images
+    assert G.run_episode(policy, todo[0], max_steps=1).actions == [G.ACTIONS[int(vla.act(model, images[:1], texts[:1], images[:1])[0])]]
+    # the training data carry each triple's start image, drawn as the episode's first frame
+    data, demos = vla.expert_data(4, seed=2), G.demonstrations(4, "train", 2)
+    want = torch.stack([(G.render(demos.tasks[e].start, demos.tasks[e].seed) * 255).round().to(torch.uint8)
+                        for e in demos.episode.tolist()])
+    assert torch.equal(data.first, want)
+    with pytest.raises(ValueError, match="first image"):
+        model(later, words)
+    with pytest.raises(ValueError, match="first_frame=True"):
+        vla.VLAPolicy(TINY)(later, words, images)
+    with pytest.raises(ValueError, match="first must have shape"):
+        model(later, words, images[:, :, :20])
+    with pytest.raises(ValueError, match="first must have the shape"):
+        model(later, words, images[:2])
+
+
 def test_the_sincos_positions_tell_every_cell_apart_and_start_the_vits_position_embeddings():
     pos = vla.sincos_positions(G.GRID, 32)
     assert pos.shape == (G.GRID ** 2, 32) and pos.abs().max() <= 1.0
@@ -83,7 +115,7 @@ def test_dagger_labels_each_visited_state_with_the_expert_action():
     episodes = G.run_episodes(vla.policy_fn(model), G.tasks(4, "train", 5))
     want = [G.ACTIONS.index(a) for e in episodes for s in e.states[:-1]
             if (a := G.expert_action(s, e.task)) is not None]
-    assert data.actions.tolist() == want and len(data.images) == len(want) == len(data.words)
+    assert data.actions.tolist() == want and len(data.images) == len(want) == len(data.words) == len(data.first)
     assert rate == np.mean([e.success for e in episodes])
 
 
@@ -158,6 +190,8 @@ def test_bad_arguments_are_refused_with_clear_errors():
         vla.VLARecipe(grounding=-1.0)
     with pytest.raises(TypeError, match="VLAConfig.grounding"):
         vla.VLAConfig(grounding="yes")
+    with pytest.raises(TypeError, match="VLAConfig.first_frame"):
+        vla.VLAConfig(first_frame=1)
     with pytest.raises(TypeError, match="VLAConfig"):
         vla.VLAPolicy({"dim": 32})
     with pytest.raises(TypeError, match="VLARecipe"):

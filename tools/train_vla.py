@@ -1,14 +1,17 @@
-"""Train chapter 11's vision-language-action policy and its text-blind baseline, and store them in the package.
+"""Train chapter 11's vision-language-action policies and store them in the package.
 
-    python -m tools.train_vla                 # writes vlmlib/weights/vla-grid/ (about 15 minutes on one busy core: 12 for the policy)
-    python -m tools.train_vla --verify-only   # re-measure the stored policies' success rates (what the tests repeat)
-    python -m tools.train_vla --policy-only   # retrain the policy only, keeping the stored text-blind baseline
+    python -m tools.train_vla                      # writes vlmlib/weights/vla-grid/ (about 40 minutes on one busy core)
+    python -m tools.train_vla --verify-only        # re-measure the stored policies' success rates (what the tests repeat)
+    python -m tools.train_vla --only policy        # retrain the named policies only, keeping the others stored
 
-The policy is ``vla.SHIPPED_CONFIG`` (with the grounding head) trained with ``vla.SHIPPED_RECIPE`` (behaviour
-cloning on the expert's demonstrations with the auxiliary grounding loss and mirrored examples, then two rounds of DAgger); the baseline is ``VLAConfig(text_blind=True)``
-trained with ``vla.TEXT_BLIND_RECIPE``. ``record.json`` beside the weights holds, for each, the config,
-the recipe, the training time, the DAgger statistics, the success rates of ``vla.evaluate`` on
-``vla.EVAL_N`` episodes per split and family, and the loss history.
+Three policies (``vla.SHIPPED_SETUPS``): ``policy``, the chapter's (``vla.SHIPPED_CONFIG``: the grounding head,
+and the episode's first image read beside the image now) trained with ``vla.SHIPPED_RECIPE`` (behaviour
+cloning on the expert's demonstrations with the auxiliary grounding loss and mirrored examples, then two
+rounds of DAgger); ``one_frame``, the same without the first image (``vla.ONE_FRAME_CONFIG``, the same
+recipe); and the text-blind baseline (``vla.TEXT_BLIND_CONFIG``, ``vla.TEXT_BLIND_RECIPE``).
+``record.json`` beside the weights holds, for each, the config, the recipe, the training time, the DAgger
+statistics, the success rates of ``vla.evaluate`` on ``vla.EVAL_N`` episodes per split and family, and
+the loss history.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from vlmlib import vla
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--verify-only", action="store_true", help="re-score the stored policies, train nothing")
-    parser.add_argument("--policy-only", action="store_true",
-                        help="train the policy only and keep the stored text-blind baseline (its weights and record)")
+    parser.add_argument("--only", nargs="+", choices=vla.SHIPPED_MODELS, default=list(vla.SHIPPED_MODELS),
+                        help="train these policies only and keep the others stored (their weights and records)")
     args = parser.parse_args()
     torch.set_num_threads(1)                 # the same arithmetic on every machine, and a shared CPU stays usable
     if args.verify_only:
@@ -35,13 +38,12 @@ def main() -> None:
             print(name, json.dumps({"stored": record["metrics"], "now": now}, indent=1))
         return
     out = {}
-    if args.policy_only:
-        blind, record = vla.load_shipped("text_blind")
-        out["text_blind"] = (blind, vla.VLARecipe(**record["recipe"]), record["metrics"], record["history"])
-    for name, config, recipe in (("policy", vla.SHIPPED_CONFIG, vla.SHIPPED_RECIPE),
-                                 ("text_blind", vla.VLAConfig(text_blind=True), vla.TEXT_BLIND_RECIPE)):
-        if name in out:
-            continue
+    for name in vla.SHIPPED_MODELS:
+        if name not in args.only:
+            model, record = vla.load_shipped(name)
+            out[name] = (model, vla.VLARecipe(**record["recipe"]), record["metrics"], record["history"])
+    for name in args.only:
+        config, recipe = vla.SHIPPED_SETUPS[name]
         model, history, info = vla.train_vla(config, recipe)
         metrics = vla._metrics(model, info, vla.EVAL_N)
         print(name, json.dumps(metrics))

@@ -626,18 +626,35 @@ def run_episode(policy: Callable[[torch.Tensor, str], str | int], task: Task, ma
     that fulfils the instruction.
 
     ``image`` is the (3, 50, 50) rendering of the current state; the action is a name of
-    :data:`ACTIONS` or its index. With ``record`` the episode keeps the images the policy saw, and
-    the last one (see :func:`frames`).
+    :data:`ACTIONS` or its index. A policy with the attribute ``reads_first_frame = True`` is called
+    ``policy(image, instruction, first_image)``, ``first_image`` being the episode's first image (the
+    scene when the instruction was given). With ``record`` the episode keeps the images the policy
+    saw, and the last one (see :func:`frames`).
     """
     if not callable(policy):
         raise TypeError(f"policy must be a function (image, instruction) -> action, got {checks._given(policy)}")
-    return run_episodes(lambda images, texts: [policy(images[0], texts[0])], [task], max_steps, record)[0]
+    if _reads_first_frame(policy):
+        def batched(images, texts, firsts):
+            return [policy(images[0], texts[0], firsts[0])]
+        batched.reads_first_frame = True
+    else:
+        def batched(images, texts):
+            return [policy(images[0], texts[0])]
+    return run_episodes(batched, [task], max_steps, record)[0]
+
+
+def _reads_first_frame(policy) -> bool:
+    return getattr(policy, "reads_first_frame", False) is True
 
 
 def run_episodes(policy: Callable[[torch.Tensor, list[str]], Sequence], tasks: Sequence[Task],
                  max_steps: int | None = None, record: bool = False) -> list[Episode]:
     """Run a batched ``policy(images (B, 3, 50, 50), instructions) -> B actions`` on many tasks at once
-    (one call per step for all unfinished episodes: much faster for a neural policy)."""
+    (one call per step for all unfinished episodes: much faster for a neural policy).
+
+    A policy with the attribute ``reads_first_frame = True`` (a policy with memory of the start) is
+    called ``policy(images, instructions, first_images)``, ``first_images`` (B, 3, 50, 50) being each
+    episode's first image: the scene as it was when the instruction was given."""
     if not callable(policy):
         raise TypeError(f"policy must be a function (images, instructions) -> actions, got {checks._given(policy)}")
     if isinstance(tasks, Task) or not isinstance(tasks, (list, tuple)):
@@ -651,12 +668,14 @@ def run_episodes(policy: Callable[[torch.Tensor, list[str]], Sequence], tasks: S
     actions: list[list[str]] = [[] for _ in tasks]
     done = [False] * len(tasks)
     seen: list[list[torch.Tensor]] = [[] for _ in tasks]
+    firsts = render_many([t.start for t in tasks], [t.seed for t in tasks]) if _reads_first_frame(policy) else None
     while True:
         live = [i for i, t in enumerate(tasks) if not done[i] and len(actions[i]) < limits[i]]
         if not live:
             break
         images = torch.stack([render(states[i][-1], tasks[i].seed) for i in live])
-        chosen = policy(images, [tasks[i].instruction for i in live])
+        texts = [tasks[i].instruction for i in live]
+        chosen = policy(images, texts, firsts[live]) if firsts is not None else policy(images, texts)
         if isinstance(chosen, (str, np.str_)) or not hasattr(chosen, "__len__") or len(chosen) != len(live):
             raise ValueError(f"policy must return one action per image ({len(live)}), got {checks._given(chosen)}")
         for j, i in enumerate(live):

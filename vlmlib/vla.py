@@ -25,6 +25,14 @@ cell, for push tasks only), added to the action loss with that weight. This is a
 supervision (an extra prediction from the same features, thrown away when acting): it asks the
 image tokens to say *which* shape the words mean. The policy does not use these scores to act.
 
+**Memory of the start** (``VLAConfig(first_frame=True)``). "Push the blue square to the left" is
+done when the square sits one cell left of where it *started*; in one image, the moment just before
+the push and the moment just after look alike (the agent stands behind the square in both), so a
+policy that sees only the image now cannot know whether to push or stop. With ``first_frame`` the
+policy also reads the episode's first image, stacked with the image now as six channels;
+:mod:`gridworld`'s episodes pass it to any policy with ``reads_first_frame = True``, as
+:func:`policy_fn`'s policies say when their model has it.
+
 **The data** (:class:`VLARecipe`, :func:`train_vla`): the expert's demonstrations
 (:func:`gridworld.demonstrations`), then DAgger (Ross et al., 2011): run the policy being trained,
 label every state it visits with the expert's action (:func:`gridworld.expert_action`, which
@@ -85,7 +93,9 @@ def tokenize(texts: Sequence[str], max_words: int = MAX_WORDS) -> torch.Tensor:
 
 @dataclass
 class VLAConfig:
-    """The size of a :class:`VLAPolicy`. ``text_blind=True`` is the baseline that never reads the instruction."""
+    """The size of a :class:`VLAPolicy`. ``text_blind=True`` is the baseline that never reads the instruction;
+    ``first_frame=True`` gives the policy a memory of the start: it reads the episode's first image
+    beside the image now."""
 
     dim: int = 64
     depth: int = 3
@@ -95,6 +105,7 @@ class VLAConfig:
     text_blind: bool = False
     pos_init: str = "sincos"
     grounding: bool = False
+    first_frame: bool = False
 
     def __post_init__(self):
         for name, low in (("dim", 8), ("depth", 1), ("heads", 1), ("mlp_ratio", 1), ("max_words", 1)):
@@ -105,11 +116,14 @@ class VLAConfig:
             raise ValueError(f"VLAConfig.dim must be a multiple of 4 (the 2-D sine–cosine positions), got {self.dim}")
         self.text_blind = _boolean(self.text_blind, "VLAConfig.text_blind")
         self.grounding = _boolean(self.grounding, "VLAConfig.grounding")
+        self.first_frame = _boolean(self.first_frame, "VLAConfig.first_frame")
         self.pos_init = checks.choice(self.pos_init, "VLAConfig.pos_init", POS_INITS)
 
     def vit_config(self) -> ViTConfig:
-        """Chapter 1's ViT at the grid world's size: one 10×10 patch (one token) per cell."""
-        return ViTConfig(image_size=IMAGE_SIZE, patch_size=CELL, channels=3, dim=self.dim, depth=self.depth,
+        """Chapter 1's ViT at the grid world's size: one 10×10 patch (one token) per cell; with
+        ``first_frame``, 6 channels (the image now and the episode's first image, stacked)."""
+        return ViTConfig(image_size=IMAGE_SIZE, patch_size=CELL, channels=6 if self.first_frame else 3,
+                         dim=self.dim, depth=self.depth,
                          heads=self.heads, mlp_ratio=self.mlp_ratio)
 
     def to_dict(self) -> dict:
@@ -163,6 +177,13 @@ class VLAPolicy(nn.Module):
     tokens and gives two logits per cell (:meth:`cell_logits`): where the instruction's target shape
     is, and where a push must take it. They are trained as an auxiliary loss (see the module
     docstring) and never used to act.
+
+    With ``config.first_frame`` the policy also reads the episode's first image (the scene when the
+    instruction was given), stacked with the image now as 6 channels, so that each cell's token
+    shows that cell then and now (frame stacking, as DQN stacked its last four frames, Mnih et al.
+    2013). One image cannot tell the state just before a push from the state just after it (the
+    agent stands behind the shape in both); the first image can, since it shows where the shape
+    started.
     """
 
     def __init__(self, config: VLAConfig | None = None):
@@ -181,23 +202,40 @@ class VLAPolicy(nn.Module):
         self.head = nn.Linear(c.dim, len(ACTIONS))
         self.ground = nn.Linear(c.dim, len(GROUNDING)) if c.grounding else None
 
-    def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, words: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, 3, 50, 50) in [0, 1] (uint8 0–255 accepted) and word ids (B, L) from :func:`tokenize`
-        -> action logits (B, 5) in the order of :data:`ACTIONS`."""
-        return self.head(self._encode(images, words)[:, 0])                                 # (B, 5)
+        -> action logits (B, 5) in the order of :data:`ACTIONS`. ``first``: the episodes' first images
+        (B, 3, 50, 50), needed by (and only by) a policy with ``config.first_frame``."""
+        return self.head(self._encode(images, words, first)[:, 0])                          # (B, 5)
 
-    def cell_logits(self, images: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cell_logits(self, images: torch.Tensor, words: torch.Tensor,
+                    first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The action logits (B, 5) and the grounding logits (B, 2, 25): for each of :data:`GROUNDING`
         ("target", "goal"), a score per cell (row by row). Only with ``config.grounding``."""
         if self.ground is None:
             raise ValueError("this policy has no grounding head: build it with VLAConfig(grounding=True)")
-        z = self._encode(images, words)
+        z = self._encode(images, words, first)
         return self.head(z[:, 0]), self.ground(z[:, 1:1 + gridworld.GRID ** 2]).transpose(1, 2)
 
-    def _encode(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    def _stack(self, images, first) -> torch.Tensor:
+        """The ViT's input: the images, and with ``config.first_frame`` the first images stacked on as 3 more channels."""
+        shape = (3, IMAGE_SIZE, IMAGE_SIZE)
+        if not self.config.first_frame:
+            if first is not None:
+                raise ValueError("first is given but this policy reads one image: build it with VLAConfig(first_frame=True)")
+            return images
+        if first is None:
+            raise ValueError("this policy reads the episode's first image too: pass first (B, 3, 50, 50)")
+        images = checks.images(images, "images", shape=shape, from_uint8=True)
+        first = checks.images(first, "first", shape=shape, from_uint8=True)
+        if first.shape != images.shape:
+            raise ValueError(f"first must have the shape of images {tuple(images.shape)}, got {tuple(first.shape)}")
+        return torch.cat([images, first.to(images.device)], dim=1)                  # (B, 6, 50, 50)
+
+    def _encode(self, images: torch.Tensor, words: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
         """The final, normalised token states (B, 26 [+ L], D): the class token, the 25 cells [, the words]."""
         c = self.config
-        z = self.vit.embed(images)                                                   # (B, 26, D), images checked
+        z = self.vit.embed(self._stack(images, first))                              # (B, 26, D), images checked
         B = len(z)
         if (not isinstance(words, torch.Tensor) or words.ndim != 2 or len(words) != B
                 or not 1 <= words.shape[1] <= c.max_words or words.is_floating_point()):
@@ -223,9 +261,10 @@ def _check_model(model) -> VLAPolicy:
 
 # -- acting -----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def act(model: VLAPolicy, images, instructions: Sequence[str]) -> torch.Tensor:
+def act(model: VLAPolicy, images, instructions: Sequence[str], first=None) -> torch.Tensor:
     """The greedy actions (N,) (indices into :data:`ACTIONS`) of ``model`` for images (N, 3, 50, 50)
-    and their instructions."""
+    and their instructions; ``first`` (N, 3, 50, 50), the episodes' first images, for a policy with
+    ``config.first_frame``."""
     model = _check_model(model)
     instructions = checks.text_list(instructions, "instructions")
     images = checks.images(images, "images", shape=(3, IMAGE_SIZE, IMAGE_SIZE), from_uint8=True)
@@ -234,22 +273,34 @@ def act(model: VLAPolicy, images, instructions: Sequence[str]) -> torch.Tensor:
     model.eval()
     device = next(model.parameters()).device
     words = tokenize(instructions, model.config.max_words).to(device)
-    return model(images.to(device), words).argmax(1).cpu()
+    if first is not None:
+        first = checks.images(first, "first", shape=(3, IMAGE_SIZE, IMAGE_SIZE), from_uint8=True).to(device)
+    return model(images.to(device), words, first).argmax(1).cpu()
+
+
+class _Policy:
+    """A model as a policy for :mod:`gridworld`'s episodes (see :func:`policy_fn`)."""
+
+    def __init__(self, model: VLAPolicy):
+        self.model = model
+        self.reads_first_frame = model.config.first_frame      # gridworld then passes each episode's first image
+
+    def __call__(self, images, instructions, first=None):
+        if isinstance(instructions, (str, np.str_)):
+            for name, x in (("image", images), ("first", first)):
+                if (x is not None or name == "image") and (not isinstance(x, torch.Tensor) or x.ndim != 3):
+                    raise ValueError(f"with one instruction, {name} must be one image (3, 50, 50), got {checks._given(x)}")
+            return ACTIONS[int(act(self.model, images[None], [instructions], None if first is None else first[None])[0])]
+        return [ACTIONS[int(a)] for a in act(self.model, images, instructions, first)]
 
 
 def policy_fn(model: VLAPolicy):
     """``model`` as a policy: ``policy(image (3, 50, 50), instruction) -> action name`` for
     :func:`gridworld.run_episode`, and on a batch ``policy(images (B, 3, 50, 50), instructions) -> B
-    names`` for :func:`gridworld.run_episodes`. Greedy (the most likely action), so deterministic."""
-    model = _check_model(model)
-
-    def policy(images, instructions):
-        if isinstance(instructions, (str, np.str_)):
-            if not isinstance(images, torch.Tensor) or images.ndim != 3:
-                raise ValueError(f"with one instruction, image must be one image (3, 50, 50), got {checks._given(images)}")
-            return ACTIONS[int(act(model, images[None], [instructions])[0])]
-        return [ACTIONS[int(a)] for a in act(model, images, instructions)]
-    return policy
+    names`` for :func:`gridworld.run_episodes`. Greedy (the most likely action), so deterministic.
+    For a policy with ``config.first_frame`` the call takes the first image(s) as a third argument
+    and ``policy.reads_first_frame`` is True, which tells gridworld to pass them."""
+    return _Policy(_check_model(model))
 
 
 def evaluate(model: VLAPolicy, n: int = 200, splits: Sequence[str] = SPLITS, seed: int = 1000,
@@ -316,17 +367,20 @@ class VLARecipe:
 
 @dataclass
 class _Data:
-    """Training triples: images (N, 3, 50, 50) uint8, word ids (N, MAX_WORDS), actions (N,), and for the
+    """Training triples: images (N, 3, 50, 50) uint8, word ids (N, MAX_WORDS), actions (N,), for the
     grounding loss ``cells`` (N, 2): the target shape's cell in that state and the push's goal cell
-    (``row * 5 + column``; -1 when there is none: the goal of a goto or refer task)."""
+    (``row * 5 + column``; -1 when there is none: the goal of a goto or refer task), and ``first``
+    (N, 3, 50, 50) uint8: each episode's first image (its start state)."""
 
     images: torch.Tensor
     words: torch.Tensor
     actions: torch.Tensor
     cells: torch.Tensor
+    first: torch.Tensor
 
     def __add__(self, other: "_Data") -> "_Data":
-        return _Data(*(torch.cat([getattr(self, k), getattr(other, k)]) for k in ("images", "words", "actions", "cells")))
+        return _Data(*(torch.cat([getattr(self, k), getattr(other, k)])
+                       for k in ("images", "words", "actions", "cells", "first")))
 
 
 def _cell_index(cell: tuple[int, int] | None) -> int:
@@ -342,12 +396,19 @@ def _grounding_cells(states: Sequence[gridworld.State], task_list: Sequence[grid
 
 def _as_data(states: Sequence[gridworld.State], seeds: Sequence[int], task_list: Sequence[gridworld.Task],
              actions: Sequence[int], max_words: int, chunk: int = 4000) -> _Data:
-    """Draw the states (``chunk`` at a time, so that only uint8 images are ever held in full) into triples."""
-    images = torch.zeros(len(states), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
-    for i in range(0, len(states), chunk):
-        images[i:i + chunk] = (gridworld.render_many(list(states[i:i + chunk]), list(seeds[i:i + chunk])) * 255).round().to(torch.uint8)
-    return _Data(images, tokenize([t.instruction for t in task_list], max_words),
-                 torch.as_tensor(actions, dtype=torch.long), _grounding_cells(states, task_list))
+    """Draw the states and their tasks' start states (``chunk`` at a time, so that only uint8 images are
+    ever held in full) into triples."""
+    def draw(todo: list[gridworld.State], todo_seeds: list[int]) -> torch.Tensor:
+        images = torch.zeros(len(todo), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+        for i in range(0, len(todo), chunk):
+            images[i:i + chunk] = (gridworld.render_many(todo[i:i + chunk], todo_seeds[i:i + chunk]) * 255).round().to(torch.uint8)
+        return images
+
+    unique = list({id(t): t for t in task_list}.values())          # each task's start is drawn once
+    index = {id(t): i for i, t in enumerate(unique)}
+    first = draw([t.start for t in unique], [t.seed for t in unique])[[index[id(t)] for t in task_list]]
+    return _Data(draw(list(states), list(seeds)), tokenize([t.instruction for t in task_list], max_words),
+                 torch.as_tensor(actions, dtype=torch.long), _grounding_cells(states, task_list), first)
 
 
 def expert_data(n_tasks: int, seed: int = 0, max_words: int = MAX_WORDS) -> _Data:
@@ -404,17 +465,23 @@ def _fit(model: VLAPolicy, data: _Data, steps: int, recipe: VLARecipe, g: torch.
     def loss_fn(step: int):
         i = torch.randint(0, len(data.actions), (recipe.batch_size,), generator=g)
         images, words, actions, cells = data.images[i], data.words[i], data.actions[i], data.cells[i]
+        first = data.first[i] if model.config.first_frame else None
         if recipe.mirror > 0:
             flip = torch.rand(len(i), generator=g) < recipe.mirror
             m = mirror(images[flip], words[flip], actions[flip])
             images, words, actions, cells = images.clone(), words.clone(), actions.clone(), cells.clone()
             images[flip], words[flip], actions[flip] = m
             cells[flip] = _mirror_cells(cells[flip])
+            if first is not None:
+                first = first.clone()
+                first[flip] = first[flip].flip(-1)
         images, words, actions = images.to(device).float() / 255, words.to(device), actions.to(device)
+        if first is not None:
+            first = first.to(device).float() / 255
         if recipe.grounding == 0:
-            logits = model(images, words)
+            logits = model(images, words, first)
             return F.cross_entropy(logits, actions), {"accuracy": (logits.argmax(1) == actions).float().mean()}
-        logits, where = model.cell_logits(images, words)                   # (B, 5), (B, 2, 25)
+        logits, where = model.cell_logits(images, words, first)             # (B, 5), (B, 2, 25)
         ground = F.cross_entropy(where.reshape(-1, where.shape[-1]), cells.to(device).reshape(-1), ignore_index=-1)
         loss = F.cross_entropy(logits, actions) + recipe.grounding * ground
         return loss, {"accuracy": (logits.argmax(1) == actions).float().mean(), "grounding": ground.detach()}
@@ -513,9 +580,11 @@ def build_vla(config: VLAConfig | None = None, recipe: VLARecipe | None = None, 
     return model.eval().to(_device(device)), art
 
 
-#: The shipped policies (``python -m tools.train_vla``): the chapter's policy and its text-blind baseline.
+#: The shipped policies (``python -m tools.train_vla``): the chapter's policy (it reads the episode's first
+#: image too), the same policy with one image only (which cannot tell when a push is done), and the
+#: text-blind baseline.
 SHIPPED_NAME = "vla-grid"
-SHIPPED_MODELS = ("policy", "text_blind")
+SHIPPED_MODELS = ("policy", "one_frame", "text_blind")
 
 
 def weights_folder() -> Path:
@@ -525,7 +594,7 @@ def weights_folder() -> Path:
 
 
 def save_shipped(models: dict[str, tuple[VLAPolicy, VLARecipe, dict, dict]], folder: Path | str | None = None) -> Path:
-    """Store ``{"policy": (model, recipe, metrics, history), "text_blind": ...}`` in ``folder`` (default
+    """Store ``{"policy": (model, recipe, metrics, history), "one_frame": ..., "text_blind": ...}`` in ``folder`` (default
     :func:`weights_folder`): one safetensors file per model and ``record.json`` with each model's
     config, recipe, metrics, loss history and the SHA-256 of its weights."""
     from safetensors.torch import save_file
@@ -545,7 +614,7 @@ def save_shipped(models: dict[str, tuple[VLAPolicy, VLARecipe, dict, dict]], fol
 
 
 def load_shipped(name: str = "policy", folder: Path | str | None = None) -> tuple[VLAPolicy, dict]:
-    """A shipped policy (``"policy"`` or ``"text_blind"``), frozen and in eval mode, and its record
+    """A shipped policy (``"policy"``, ``"one_frame"`` or ``"text_blind"``), frozen and in eval mode, and its record
     (config, recipe, metrics measured when it was trained, loss history).
 
     Raises ``FileNotFoundError`` when the folder is missing and ``ValueError`` when the weights fail
@@ -567,10 +636,16 @@ def load_shipped(name: str = "policy", folder: Path | str | None = None) -> tupl
     return model.eval(), record[name]
 
 
-#: The shipped policy's config and recipe (behaviour cloning with the grounding loss and mirrored
-#: examples, then two rounds of DAgger), and the text-blind baseline's (``VLAConfig(text_blind=True)``,
-#: the first 3,000 of the same expert tasks, behaviour cloning only, a shorter run).
-SHIPPED_CONFIG = VLAConfig(grounding=True)
+#: The shipped policies' configs and recipes. The policy and its one-image twin: behaviour cloning with the
+#: grounding loss and mirrored examples, then two rounds of DAgger, the same recipe; the policy also
+#: reads the episode's first image. The text-blind baseline (``VLAConfig(text_blind=True)``): the first
+#: 3,000 of the same expert tasks, behaviour cloning only, a shorter run.
+SHIPPED_CONFIG = VLAConfig(grounding=True, first_frame=True)
+ONE_FRAME_CONFIG = VLAConfig(grounding=True)
+TEXT_BLIND_CONFIG = VLAConfig(text_blind=True)
 SHIPPED_RECIPE = VLARecipe(steps=6500, batch_size=64, lr=1e-3, n_tasks=16000, dagger_rounds=2, dagger_tasks=1500,
                            dagger_steps=2000, mirror=0.5, grounding=1.0)
 TEXT_BLIND_RECIPE = VLARecipe(steps=1500, batch_size=64, lr=1e-3, n_tasks=3000, dagger_rounds=0)
+#: Each shipped model's config and recipe, by name.
+SHIPPED_SETUPS = {"policy": (SHIPPED_CONFIG, SHIPPED_RECIPE), "one_frame": (ONE_FRAME_CONFIG, SHIPPED_RECIPE),
+                  "text_blind": (TEXT_BLIND_CONFIG, TEXT_BLIND_RECIPE)}
