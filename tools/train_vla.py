@@ -1,6 +1,6 @@
 """Train chapter 11's vision-language-action policies and store them in the package.
 
-    python -m tools.train_vla                      # writes vlmlib/weights/vla-grid/ (about 40 minutes on one busy core)
+    python -m tools.train_vla                      # writes vlmlib/weights/vla-grid/ (about 30 minutes on one core)
     python -m tools.train_vla --verify-only        # re-measure the stored policies' success rates (what the tests repeat)
     python -m tools.train_vla --only policy        # retrain the named policies only, keeping the others stored
 
