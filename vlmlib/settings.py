@@ -50,8 +50,8 @@ class RunSettings:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "CPU"
         return (
             f"vlmlib {vlmlib.__version__} | torch {torch.__version__} | python {platform.python_version()}\n"
-            f"device: {self.device} ({name}, {torch.get_num_threads()} threads) | "
-            f"budget: {self.budget} (set {BUDGET_ENV}=cpu|gpu to force) | seed: {self.seed}"
+            f"device: {self.device} ({name}, {torch.get_num_threads()} threads) | seed: {self.seed}\n"
+            f"budget: {self.budget} (set {BUDGET_ENV}=cpu|gpu to force)"
         )
 
 
