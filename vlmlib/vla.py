@@ -273,9 +273,7 @@ def act(model: VLAPolicy, images, instructions: Sequence[str], first=None) -> to
     model.eval()
     device = next(model.parameters()).device
     words = tokenize(instructions, model.config.max_words).to(device)
-    if first is not None:
-        first = checks.images(first, "first", shape=(3, IMAGE_SIZE, IMAGE_SIZE), from_uint8=True).to(device)
-    return model(images.to(device), words, first).argmax(1).cpu()
+    return model(images.to(device), words, first).argmax(1).cpu()          # the model checks first
 
 
 class _Policy:
