@@ -225,3 +225,28 @@ def test_the_shipped_fewshot_model_repeats_its_check_and_starts_from_the_chapter
         assert abs(now[key] - record["check"][key]) <= 2 / now["n"], (key, now, record["check"])
     for when in ("before", "after"):
         assert set(record[when]["held_out_styles"]) == set(F.HELD_OUT_STYLES)
+
+
+def test_the_trial_mixes_text_only_and_grey_batches_into_stage_2(model):
+    """tools.llava_trials (the chapter's development runs): text-only conversations name held-out
+    pairs and have no image; grey copies are grey and their questions name no colour; a mixed
+    stage 2 trains the projector and the LM and never the vision tower."""
+    from tools import llava_trials as trials
+    from vlmlib.shapesworld import COLOUR_NAMES, HELD_OUT
+
+    texts = trials.text_conversations(300, seed=1)
+    words = [m["content"][0]["text"] for c in texts for m in c if m["role"] == "user"]
+    assert all(len(c[0]["content"]) == 1 for c in texts)                  # no image in any of them
+    assert any(f"{c} {k}" in w for w in words for c, k in HELD_OUT)
+    grey, convs = trials.grey_conversations(40, seed=1)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+    questions = [c[0]["content"][-1]["text"] for c in convs]
+    assert not any(colour in q.split() for q in questions for colour in COLOUR_NAMES)
+    images, instr = LT.instruction_data(16, seed=2)[:2]
+    recipe = LT.LlavaRecipe(stage2_steps=4, batch_size=4)
+    tower, lm_before = _snapshot(model.vision_tower), _snapshot(model.language_model)
+    history = trials.mixed_stage2(model, recipe, images, instr, [(0.4, None, texts[:16]), (0.4, grey, convs)])
+    assert len(history["loss"]) == 4 and all(torch.isfinite(torch.tensor(history["loss"])))
+    assert _same(tower, model.vision_tower) and not _same(lm_before, model.language_model)
+    with pytest.raises(ValueError, match="add up"):
+        trials.mixed_stage2(model, recipe, images, instr, [(0.7, None, texts), (0.6, grey, convs)])
