@@ -31,13 +31,11 @@ import numpy as np
 import torch
 
 from vlmlib import checks
+from vlmlib.clip import grey_copies
 from vlmlib import llava_training as LT
 from vlmlib.instructions import instructions
 from vlmlib.llava import LlavaModel, apply_template, conversation, freeze_for_stage
 from vlmlib.shapesworld import NUMBER_WORDS, POSITION_PHRASES, ShapesWorld, caption
-
-GREY = torch.tensor([0.299, 0.587, 0.114])         # chapter 2's grey copies: the luminance
-
 
 def text_conversations(n: int, seed: int = 5) -> list:
     """``n`` text-only conversations: a described scene of any colour–kind pair and one question
@@ -56,8 +54,7 @@ def grey_conversations(n: int, seed: int = 2) -> tuple[torch.Tensor, list]:
     """``n`` grey copies of training images, each with one question that names no colour."""
     data = ShapesWorld(max_shapes=3).sample(checks.integer(n, "n", minimum=1), split="train", seed=seed,
                                             captions=None)
-    images = data.tensor()
-    grey = (images * GREY[:, None, None]).sum(1, keepdim=True).expand_as(images).contiguous()
+    grey = grey_copies(data.tensor())
     rng = np.random.default_rng([seed, 12])
     convs = []
     for scene in data.shapes:

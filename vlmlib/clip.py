@@ -469,6 +469,16 @@ class Recipe:
         return asdict(self)
 
 
+def grey_copies(images: torch.Tensor) -> torch.Tensor:
+    """Images (N, 3, H, W) shown in grey: each pixel's luminance (0.299 R + 0.587 G + 0.114 B) in all
+    three channels. Chapter 2's CLIP sees most of its training images this way."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 \
+            or not images.dtype.is_floating_point:
+        raise ValueError(f"images must be a float tensor (N, 3, H, W), got {_describe(images)}")
+    grey = (images * torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype)[:, None, None]).sum(1, keepdim=True)
+    return grey.expand_as(images).contiguous()
+
+
 class CaptionedPool:
     """A fixed pool of training images; each draw gives a batch with freshly worded captions."""
 
@@ -482,8 +492,7 @@ class CaptionedPool:
         hard_negatives = checks.integer(hard_negatives, "hard_negatives", minimum=1, maximum=len(KINDS))
         data = world.sample(n, split="train", seed=seed, captions=None)
         self.images = data.tensor()                                          # (N, 3, H, W)
-        grey = (self.images * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)
-        self.grey = grey.expand_as(self.images).contiguous()                 # (N, 3, H, W)
+        self.grey = grey_copies(self.images)                                 # (N, 3, H, W)
         self.shapes = data.shapes
         self.p_partial, self.p_grey = p_partial, p_grey
         self.rng = np.random.default_rng([seed, 7])
