@@ -1,10 +1,11 @@
 """Train chapter 8's LLaVA and the runs it is compared with; store the models and every score.
 
     python -m tools.train_llava              # vlmlib/weights/llava-shapes{,-dpo}/ (about an hour on one core)
+    python -m tools.train_llava --jobs 2     # the same, the comparison runs in a second process
     python -m tools.train_llava --rescore    # re-measure the stored models' checks (what the tests repeat)
 
-Every run starts from chapter 2's CLIP (its vision tower, frozen) and the shipped text-only language
-model, with ``LlavaRecipe()``:
+Every run starts from chapter 2's CLIP taught crowded scenes (``vlmlib.scene_clip.load_scene_clip``:
+its vision tower, frozen) and the shipped text-only language model, with ``LlavaRecipe()``:
 
 - **the chapter's model** (``llava-shapes``): stage 1 (projector only, image–caption pairs), then
   stage 2 (projector and LM, one question per image); its plain captions are scored after stage 1;
@@ -13,9 +14,10 @@ model, with ``LlavaRecipe()``:
 - **the comparisons**, scored and not kept: the blind LM (stage 2 without images), stage 1 only,
   stage 2 only (no stage 1), and a linear projector (stages 1 and 2).
 
-``record.json`` beside the weights holds the recipe, each run's accuracy per question type on test
-images (colour–kind pairs seen in training) and held-out-pair images, the hallucination rates before
-and after DPO, the loss histories, and a small ``check`` that the tests re-measure.
+``record.json`` beside the weights holds the recipe, the tower's (its scene recipe and what it
+measured: the shape-token probe and the twin accuracy of chapter 2's CLIP and of the taught one),
+each run's accuracy per question type on test images (colour–kind pairs seen in training) and
+held-out-pair images, the hallucination rates before and after DPO, the loss histories, and a small ``check`` that the tests re-measure.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-from vlmlib import clip as C
 from vlmlib import lm
 from vlmlib import llava_training as LT
+from vlmlib import scene_clip as SC
 
 CHECK_N = 64
 
@@ -58,6 +62,48 @@ def preference_tuning(model, recipe, n_describe: int, n_eval: int):
     return dpo, tuned, {"dpo_loss": history["loss"], "dpo_margin": history["margin"]}
 
 
+COMPARISONS = [("blind LM (stage 2, no images)", {"stages": (2,), "blind": True}),
+               ("stage 1 only", {"stages": (1,)}),
+               ("stage 2 only", {"stages": (2,)}),
+               ("linear projector, stages 1 + 2", {"stages": (1, 2), "projector": "linear"})]
+
+
+def parts():
+    """The vision tower's CLIP (chapter 2's, taught scenes: ``vlmlib.scene_clip``) and its artifact."""
+    return SC.load_scene_clip(budget="cpu", device="cpu", verbose=False)
+
+
+def training_data(recipe) -> dict:
+    return {"captions": LT.caption_data(recipe.n_captions, seed=recipe.seed),
+            "instructions": LT.instruction_data(recipe.n_instructions, seed=recipe.seed + 1)}
+
+
+def train_run(tower, recipe, stages, data, n_eval, projector=None, blind=False, keep=None, n_captions=200):
+    """A fresh model (the tower, the shipped LM, a new projector) trained by ``stages`` of ``recipe``:
+    ``(model, scores)``. With ``keep``, the loss histories go there and stage 1's captions are scored."""
+    model = LT.build_llava(tower, lm.load_lm()[0], projector or recipe.projector, seed=recipe.seed)
+    scores = {}
+    for stage in stages:
+        histories, seconds = LT.train_llava(model, recipe, (stage,), blind=blind, data=data)
+        scores[f"stage{stage}_seconds"] = seconds
+        if stage == 1 and keep is not None:
+            images, shapes = LT.caption_data(n_captions, split="test", seed=80)[::2]
+            scores["captions_after_stage1"] = LT.caption_scores(LT.captions(model, images), shapes)
+            keep["histories"] = histories
+        elif keep is not None:
+            keep["histories"].update(histories)
+    scores["accuracy"] = LT.evaluate_llava(model, n=n_eval, blind=blind)
+    return model, scores
+
+
+def compare_run(name, recipe, n_eval, stages, projector=None, blind=False, data=None) -> dict:
+    """One comparison run's scores (in this process, or in a worker that loads the parts itself)."""
+    torch.set_num_threads(1)
+    scores = train_run(parts()[0], recipe, stages, data or training_data(recipe), n_eval, projector, blind)[1]
+    print(name, json.dumps(scores), flush=True)
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="folder for llava-shapes (the DPO copy goes beside it)")
@@ -67,6 +113,8 @@ def main() -> None:
     parser.add_argument("--dpo-only", action="store_true",
                         help="redo only the preference tuning, from the stored model, with the current recipe's "
                              "DPO settings (the stored runs are kept)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes: with 2 or more, the comparison runs go to workers, one thread each")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: tiny data, two steps per stage, small scoring sets")
     args = parser.parse_args()
@@ -84,7 +132,8 @@ def main() -> None:
                                                          if k.startswith("dpo_")}})
         n_describe, n_eval = (8, 12) if args.quick else (200, 300)
         dpo, tuned, dpo_history = preference_tuning(model, recipe, n_describe, n_eval)
-        common = {"recipe": recipe.to_dict(), "runs": stored["runs"], "dpo": dpo, "seconds": stored["seconds"]}
+        common = {"recipe": recipe.to_dict(), "tower": stored.get("tower"), "runs": stored["runs"], "dpo": dpo,
+                  "seconds": stored["seconds"]}
         LT.save_llava(model, {**common, "check": stored["check"], "history": stored["history"]}, main_folder)
         LT.save_llava(tuned, {**common, "check": check(tuned), "history": dpo_history}, dpo_folder)
         print(f"saved {dpo_folder}")
@@ -95,38 +144,24 @@ def main() -> None:
         sizes["stage2_steps"] = args.stage2_steps
     recipe = LT.LlavaRecipe(**sizes)
     n_eval, n_describe, n_captions = (12, 8, 8) if args.quick else (300, 200, 200)
-    clip_model = C.load_clip(budget="cpu", device="cpu", verbose=False)[0]
-    lm_model = lm.load_lm()[0]
-    data = {"captions": LT.caption_data(recipe.n_captions, seed=recipe.seed),
-            "instructions": LT.instruction_data(recipe.n_instructions, seed=recipe.seed + 1)}
     runs, start = {}, time.perf_counter()
-
-    def run(name, stages, projector=recipe.projector, blind=False, keep=None):
-        model = LT.build_llava(clip_model, lm_model, projector, seed=recipe.seed)
-        scores = {}
-        for stage in stages:
-            histories, seconds = LT.train_llava(model, recipe, (stage,), blind=blind, data=data)
-            scores[f"stage{stage}_seconds"] = seconds
-            if stage == 1 and keep is not None:
-                images, shapes = LT.caption_data(n_captions, split="test", seed=80)[::2]
-                scores["captions_after_stage1"] = LT.caption_scores(LT.captions(model, images), shapes)
-                keep["histories"] = histories
-            elif keep is not None:
-                keep["histories"].update(histories)
-        scores["accuracy"] = LT.evaluate_llava(model, n=n_eval, blind=blind)
-        runs[name] = scores
-        print(name, json.dumps(scores), flush=True)
-        return model
-
+    comparisons = [] if args.no_compare else COMPARISONS
+    pool = ProcessPoolExecutor(max_workers=args.jobs - 1, mp_context=multiprocessing.get_context("spawn")) \
+        if args.jobs > 1 and comparisons else None
+    futures = {name: pool.submit(compare_run, name, recipe, n_eval, **kw) for name, kw in comparisons} if pool else {}
+    tower, tower_art = parts()
+    data = training_data(recipe)
     kept: dict = {}
-    model = run("stages 1 + 2", (1, 2), keep=kept)
-    if not args.no_compare:
-        run("blind LM (stage 2, no images)", (2,), blind=True)
-        run("stage 1 only", (1,))
-        run("stage 2 only", (2,))
-        run("linear projector, stages 1 + 2", (1, 2), projector="linear")
+    model, runs["stages 1 + 2"] = train_run(tower, recipe, (1, 2), data, n_eval, keep=kept, n_captions=n_captions)
+    print("stages 1 + 2", json.dumps(runs["stages 1 + 2"]), flush=True)
+    for name, kw in comparisons:
+        runs[name] = futures[name].result() if pool else compare_run(name, recipe, n_eval, data=data, **kw)
+    if pool:
+        pool.shutdown()
     dpo, tuned, dpo_history = preference_tuning(model, recipe, n_describe, n_eval)
-    common = {"recipe": recipe.to_dict(), "runs": runs, "dpo": dpo, "seconds": time.perf_counter() - start}
+    common = {"recipe": recipe.to_dict(), "tower": {"name": SC.NAME, "recipe": tower_art.config["recipe"],
+                                                      "metrics": tower_art.metrics},
+              "runs": runs, "dpo": dpo, "seconds": time.perf_counter() - start}
     LT.save_llava(model, {**common, "check": check(model), "history": kept["histories"]}, main_folder)
     LT.save_llava(tuned, {**common, "check": check(tuned), "history": dpo_history}, dpo_folder)
     print(f"saved {main_folder} and {dpo_folder} in {time.perf_counter() - start:.0f} s")

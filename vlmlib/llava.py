@@ -2,7 +2,8 @@
 
 LLaVA (Liu et al., 2023) joins two models that were trained apart:
 
-- the **vision tower**: chapter 2's CLIP image encoder (a :class:`vlmlib.vit.ViT`), frozen. LLaVA does
+- the **vision tower**: a CLIP image encoder (a :class:`vlmlib.vit.ViT`; chapter 8's is chapter 2's CLIP
+  taught crowded scenes, :mod:`vlmlib.scene_clip`), frozen. LLaVA does
   not use CLIP's pooled image embedding; it takes one feature per patch, the *grid features*, read
   from the **penultimate** transformer block (:func:`grid_features`);
 - the **projector** W, the only new part (:class:`Projector`): it maps each patch feature to the

@@ -350,7 +350,8 @@ class LlavaRecipe:
 
 
 def build_llava(clip_model, lm_model, projector: str = "mlp", seed: int = 0) -> LlavaModel:
-    """A fresh model: chapter 2's vision tower and the text-only LM (both copied), a new projector."""
+    """A fresh model: ``clip_model``'s vision tower and the text-only LM (both copied), a new projector.
+    Chapter 8's tower is chapter 2's CLIP taught crowded scenes (:func:`vlmlib.scene_clip.load_scene_clip`)."""
     torch.manual_seed(checks.integer(seed, "seed"))
     tok = llava_tokenizer()
     return LlavaModel(clip_model, lm_model, tok.convert_tokens_to_ids(IMAGE),
