@@ -154,11 +154,11 @@ def main() -> None:
     kept: dict = {}
     model, runs["stages 1 + 2"] = train_run(tower, recipe, (1, 2), data, n_eval, keep=kept, n_captions=n_captions)
     print("stages 1 + 2", json.dumps(runs["stages 1 + 2"]), flush=True)
+    dpo, tuned, dpo_history = preference_tuning(model, recipe, n_describe, n_eval)   # while the workers run
     for name, kw in comparisons:
         runs[name] = futures[name].result() if pool else compare_run(name, recipe, n_eval, data=data, **kw)
     if pool:
         pool.shutdown()
-    dpo, tuned, dpo_history = preference_tuning(model, recipe, n_describe, n_eval)
     common = {"recipe": recipe.to_dict(), "tower": {"name": SC.NAME, "recipe": tower_art.config["recipe"],
                                                       "metrics": tower_art.metrics},
               "runs": runs, "dpo": dpo, "seconds": time.perf_counter() - start}

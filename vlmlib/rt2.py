@@ -4,8 +4,8 @@ RT-2 (Brohan et al., 2023) turns a vision-language model into a policy without a
 the actions are written as text tokens and the model is fine-tuned to answer "what should the
 robot do?" with them, "in the same way as natural language tokens". Here the vision-language model
 is chapter 8's LLaVA (:func:`vlmlib.llava_training.load_llava`: chapter 2's frozen CLIP vision
-tower, the projector and the small language model, trained on ShapesWorld questions) and the world
-is chapter 11's grid (:mod:`vlmlib.gridworld`).
+tower taught crowded scenes, the projector and the small language model, trained on ShapesWorld
+questions) and the world is chapter 11's grid (:mod:`vlmlib.gridworld`).
 
 **Images.** The vision tower was trained on 32×32 images in 8-pixel patches (a 4×4 grid of
 patches); a grid-world image is 50×50 with 10-pixel cells. Each image is shrunk to 40×40 (area
