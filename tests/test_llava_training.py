@@ -250,3 +250,35 @@ def test_the_trial_mixes_text_only_and_grey_batches_into_stage_2(model):
     assert _same(tower, model.vision_tower) and not _same(lm_before, model.language_model)
     with pytest.raises(ValueError, match="add up"):
         trials.mixed_stage2(model, recipe, images, instr, [(0.7, None, texts), (0.6, grey, convs)])
+
+
+def test_answer_probabilities_multiply_the_next_token_probabilities_one_step_at_a_time(model):
+    """The one-pass score equals feeding the prompt and then the answer's tokens one at a time, each
+    time reading the next token's probability, and it counts the end of the answer too."""
+    from vlmlib.llava import conversation, llava_tokenizer
+
+    tok = llava_tokenizer()
+    images, _, items, _ = LT.instruction_data(6, seed=5)
+    questions = [i.question for i in items]
+    answers = [i.answer for i in items[:3]] + ["red", "two", "no"]
+    got = LT.answer_probabilities(model, images, questions, answers, batch_size=4)
+    assert got.shape == (6,) and bool(((got > 0) & (got < 1)).all())
+    model.eval()
+    for k in range(6):
+        prompt = apply_template([conversation(questions[k])], model.n_patches, add_generation_prompt=True)
+        ids = prompt["input_ids"]
+        want = 1.0
+        for t in tok(" " + answers[k], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]:
+            with torch.no_grad():
+                p = model(images[k:k + 1], ids).logits[0, -1].softmax(-1)
+            want *= float(p[t])
+            ids = torch.cat([ids, torch.tensor([[t]])], 1)
+        assert got[k].item() == pytest.approx(want, rel=1e-4)
+    blind = LT.answer_probabilities(model, None, questions[:2], answers[:2])
+    assert blind.shape == (2,)
+    with pytest.raises(ValueError, match="one candidate answer per question"):
+        LT.answer_probabilities(model, images, questions, answers[:2])
+    with pytest.raises(ValueError, match="images"):
+        LT.answer_probabilities(model, images[:2], questions, answers)
+    with pytest.raises(TypeError, match="model"):
+        LT.answer_probabilities("model", images, questions, answers)

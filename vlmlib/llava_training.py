@@ -186,6 +186,37 @@ def captions(model: LlavaModel, images: torch.Tensor, max_new_tokens: int = 32, 
                      max_new_tokens=max_new_tokens)
 
 
+@torch.no_grad()
+def answer_probabilities(model: LlavaModel, images: torch.Tensor | None, questions: Sequence[str],
+                         candidates: Sequence[str], batch_size: int = 128) -> torch.Tensor:
+    """How likely the model finds each given answer, (N,): π(answer, then the end | image, question),
+    the product of its tokens' probabilities, read in one pass with the answer written in (as the
+    loss reads it). It scores any answer, the right one included, whatever the model would say."""
+    from .llava import sequence_logps
+
+    if not isinstance(model, LlavaModel):
+        raise TypeError(f"model must be a LlavaModel, got {type(model).__name__}")
+    questions, candidates = checks.text_list(questions, "questions"), checks.text_list(candidates, "candidates")
+    if len(questions) != len(candidates):
+        raise ValueError(f"give one candidate answer per question: {len(questions)} questions, "
+                         f"{len(candidates)} candidates")
+    if images is not None and (not isinstance(images, torch.Tensor) or images.ndim != 4
+                               or len(images) != len(questions)):
+        raise ValueError(f"images must be a tensor (N, 3, H, W) with one image per question ({len(questions)}), "
+                         f"or None, got {checks._given(images)}")
+    batch_size = checks.integer(batch_size, "batch_size", minimum=1)
+    model.eval()
+    device = next(model.projector.parameters()).device
+    convs = [conversation(q, a, images=0 if images is None else 1) for q, a in zip(questions, candidates)]
+    out = []
+    for i in range(0, len(convs), batch_size):
+        b = apply_template(convs[i:i + batch_size], model.n_patches)
+        ids, mask, labels = (b[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+        logits = model(None if images is None else images[i:i + batch_size].to(device), ids, mask).logits
+        out.append(sequence_logps(logits, labels).exp().cpu())
+    return torch.cat(out)
+
+
 def _generate(model: LlavaModel, images: torch.Tensor | None, convs: list, batch_size: int, plain: bool = False,
               seed: int | None = None, **generation) -> list[str]:
     """Decoded new text for each conversation's prompt, ``batch_size`` at a time (left-padded,
