@@ -70,6 +70,31 @@ def test_code_lines_fit_the_rendered_page(path):
     assert long == [], f"{path.name}: code lines longer than 88 characters are cut off in the book: {long}"
 
 
+SHOWN_ONLY_LAST = {"table", "Markdown", "HTML"}      # they return an object that Jupyter shows only at a cell's end
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_tables_and_markdown_are_shown_where_they_are_built(path):
+    """``vlmlib.table(...)``, ``Markdown(...)`` and ``HTML(...)`` return what they draw: written as a
+    statement anywhere but at the end of a cell, the reader never sees it (wrap it in ``display``)."""
+    hidden = []
+    for cell in course.read(path)["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        lines = [line for line in course.source(cell).splitlines() if not line.lstrip().startswith(("%", "!"))]
+        try:
+            body = ast.parse("\n".join(lines)).body
+        except SyntaxError:                          # the Colab install cell; nbval runs every cell anyway
+            continue
+        for statement in body[:-1]:
+            call = statement.value if isinstance(statement, ast.Expr) else None
+            if isinstance(call, ast.Call):
+                name = getattr(call.func, "attr", getattr(call.func, "id", ""))
+                if name in SHOWN_ONLY_LAST:
+                    hidden.append(f"cell {cell.get('id')}, line {statement.lineno}: {name}(...)")
+    assert hidden == [], f"{path.name}: built but never shown (not the cell's last statement): {hidden}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_every_solution_is_gated_and_followed_by_a_check(path):
     cells = course.read(path)["cells"]

@@ -7,10 +7,13 @@
 
 Each is a ``UNet2DConditionModel`` (``vlmlib.text2image.T2IConfig``) trained with
 ``T2IRecipe()`` on one- and two-shape scenes, conditioned on a frozen text encoder: chapter 2's CLIP
-text tower or the text-only language model. Training takes about half an hour on one core, more
-than the chapter's budget, so the chapter loads these and trains a short run of its own to show
-the loop. ``record.json`` beside the weights holds the config, recipe, the loss history and the
-scores that ``vlmlib.text2image.benchmark`` measures with the scene judge.
+text tower or the text-only language model. Each shipped model was trained in two parts, the
+same for all three so that the chapter compares like with like: ``T2IRecipe()`` (2,000 steps),
+then ``--resume <its folder> --steps 2700`` (4,700 steps in all; ``record.json``'s ``parts`` lists
+them). That took one to two hours per model on one CPU thread, far more than the chapter's budget,
+so the chapter loads these and trains a short run of its own to show the loop. ``record.json``
+beside the weights holds the config, recipe, the loss history and the scores that
+``vlmlib.text2image.benchmark`` measures with the scene judge.
 """
 
 from __future__ import annotations
