@@ -118,6 +118,37 @@ def test_sampling_is_reproducible_and_checks_its_arguments(tiny, clip_encoder):
         model(torch.zeros(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), clip_encoder.encode(["a"]))
 
 
+def test_mixed_condition_takes_tokens_from_one_prompt_and_pooled_from_another(tiny, clip_encoder):
+    model, _ = tiny
+    a = clip_encoder.encode(["a red circle", "a blue square"])
+    b = clip_encoder.encode(["a green cross", "a yellow triangle"])
+    mixed = T.mixed_condition(a, b)
+    assert torch.equal(mixed.states, a.states) and torch.equal(mixed.mask, a.mask)
+    assert torch.equal(mixed.pooled, b.pooled)
+    null = T.mixed_condition(a, clip_encoder.encode([""]))         # one row: every row gets it
+    assert torch.allclose(null.pooled, clip_encoder.encode(["", ""]).pooled, atol=1e-6)
+    kw = dict(steps=3, show_progress=False)
+    own = T.generate(model, clip_encoder, ["a red circle", "a blue square"], 3.0,
+                     generator=torch.Generator().manual_seed(0), condition=a, **kw)
+    plain = T.generate(model, clip_encoder, ["a red circle", "a blue square"], 3.0,
+                       generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(own, plain)                 # the prompts' own condition: the same images
+    swapped = T.generate(model, clip_encoder, ["a red circle", "a blue square"], 3.0,
+                         generator=torch.Generator().manual_seed(0), condition=mixed, **kw)
+    assert not torch.equal(swapped, plain)
+    with pytest.raises(ValueError, match="one row or one per row"):
+        T.mixed_condition(a, clip_encoder.encode(["a", "a red shape", "a cross"]))
+    with pytest.raises(TypeError, match="pooled_from must be a TextCondition"):
+        T.mixed_condition(a, b.pooled)
+    with pytest.raises(ValueError, match="one row per prompt"):
+        T.generate(model, clip_encoder, ["a red circle"], condition=a, **kw)
+    with pytest.raises(ValueError, match="one row per prompt"):
+        T.generate(model, clip_encoder, ["a red circle", "a cross"], condition="a red circle", **kw)
+    wide = T.TextCondition(torch.zeros(2, 16, 7), a.mask, a.pooled)
+    with pytest.raises(ValueError, match="model's own encoder"):
+        T.generate(model, clip_encoder, ["a red circle", "a cross"], condition=wide, **kw)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread (two threads on a busy machine can be 10× slower)."""

@@ -4,6 +4,7 @@
     python -m tools.train_text2image --encoder lm       # writes vlmlib/weights/t2i-lm/
     python -m tools.train_text2image --encoder lm --small   # writes vlmlib/weights/t2i-lm-small/
     python -m tools.train_text2image --encoder clip --rescore   # re-measure a stored model's scores
+    python -m tools.train_text2image --encoder clip --no-pooled --out <folder>   # cross-attention only
 
 Each is a ``UNet2DConditionModel`` (``vlmlib.text2image.T2IConfig``) trained with
 ``T2IRecipe()`` on one- and two-shape scenes, conditioned on a frozen text encoder: chapter 2's CLIP
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--two-shape-fraction", type=float, default=None,
                         help="override the recipe's share of two-shape scenes")
     parser.add_argument("--seed", type=int, default=None, help="override the recipe's seed (data and batches)")
+    parser.add_argument("--no-pooled", action="store_true",
+                        help="condition by cross-attention only (no pooled vector added to the timestep embedding)")
     args = parser.parse_args()
     torch.set_num_threads(1)                 # the same arithmetic on every machine, and a shared CPU stays usable
     folder = args.out or T.shipped_folder(f"t2i-{args.encoder}" + ("-small" if args.small else ""))
@@ -56,7 +59,8 @@ def main() -> None:
         else:
             before = init = None
             encoder = T.load_text_encoder(args.encoder)
-            config = T.T2IConfig(encoder=args.encoder, text_dim=encoder.dim, pooled_dim=encoder.pooled_dim,
+            config = T.T2IConfig(encoder=args.encoder, text_dim=encoder.dim,
+                                 pooled_dim=0 if args.no_pooled else encoder.pooled_dim,
                                  **({"channels": T.SMALL_CHANNELS} if args.small else {}))
         model, history, seconds = T.train_text2image(config, recipe, encoder, init=init,
                                                      time_limit=args.time_limit)

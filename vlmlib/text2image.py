@@ -82,6 +82,20 @@ class TextCondition:
                              torch.where(k[:, None], self.pooled, other.pooled))
 
 
+def mixed_condition(tokens_from: TextCondition, pooled_from: TextCondition) -> TextCondition:
+    """The token states (and mask) of one batch of prompts with the pooled vectors of another, row by
+    row: an experiment that asks which of the two routes into the UNet each attribute takes.
+    ``pooled_from`` may have one row (the empty prompt's, say), which every row then gets."""
+    for name, c in (("tokens_from", tokens_from), ("pooled_from", pooled_from)):
+        if not isinstance(c, TextCondition):
+            raise TypeError(f"{name} must be a TextCondition (encoder.encode(prompts)), got {type(c).__name__}")
+    n, m = len(tokens_from), len(pooled_from)
+    if m not in (1, n):
+        raise ValueError(f"pooled_from must have one row or one per row of tokens_from ({n}), got {m}")
+    pooled = pooled_from.pooled.expand(n, -1) if m == 1 else pooled_from.pooled
+    return TextCondition(tokens_from.states, tokens_from.mask, pooled.to(tokens_from.states.device))
+
+
 def tokenize(prompts: Sequence[str], max_length: int = MAX_PROMPT_TOKENS) -> torch.Tensor:
     """Prompts -> (N, max_length) ids of the ShapesWorld tokenizer ([BOS] … [EOS], padded; "" is allowed)."""
     from .clip import tokenize as clip_tokenize
@@ -494,21 +508,33 @@ def _check_sampling(model, encoder, prompts) -> list[str]:
 def generate(model: TextToImage, encoder: FrozenTextEncoder, prompts: Sequence[str], guidance: float = 3.0,
              steps: int = 20, sampler: str = "ddim", generator: torch.Generator | None = None,
              threshold: str = "static", percentile: float = 0.995, out_size: int = 32,
-             batch_size: int = 250, show_progress: bool = True, return_path: bool = False):
+             batch_size: int = 250, show_progress: bool = True, return_path: bool = False,
+             condition: TextCondition | None = None):
     """Images (N, 3, out_size, out_size) in [0, 1] for a list of prompts, one image per prompt.
 
     ``guidance`` is w in ε̃ = ε(x, "") + w·(ε(x, prompt) − ε(x, "")) (:func:`vlmlib.diffusion.guide`):
     ``diffusers``' ``guidance_scale`` and Imagen's w; Ho & Salimans' w′ = w − 1. ``threshold`` is
-    ``"static"`` or ``"dynamic"`` (:func:`vlmlib.diffusion.threshold_x0`).
+    ``"static"`` or ``"dynamic"`` (:func:`vlmlib.diffusion.threshold_x0`). ``condition`` (one row per
+    prompt) is read instead of the prompts' own encoding, e.g. a :func:`mixed_condition`; the
+    prompts then only label the images.
     """
     prompts = _check_sampling(model, encoder, prompts)
+    if condition is not None:
+        if not isinstance(condition, TextCondition) or len(condition) != len(prompts):
+            raise ValueError(f"condition must be a TextCondition with one row per prompt ({len(prompts)}), "
+                             f"got {type(condition).__name__ if not isinstance(condition, TextCondition) else len(condition)}")
+        if condition.states.shape[-1] != encoder.dim or condition.pooled.shape[-1] != encoder.pooled_dim:
+            raise ValueError("condition must come from the model's own encoder (encoder.encode(...)): its widths "
+                             f"are ({condition.states.shape[-1]}, {condition.pooled.shape[-1]}), the encoder's "
+                             f"({encoder.dim}, {encoder.pooled_dim})")
     guidance = checks.number(guidance, "guidance", low=0.0)
     batch_size = checks.integer(batch_size, "batch_size", minimum=1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     device = next(model.parameters()).device
     c = model.config
-    cond, null = encoder.encode(prompts).to(device), encoder.encode([""]).to(device)
+    cond = (encoder.encode(prompts) if condition is None else condition).to(device)
+    null = encoder.encode([""]).to(device)
     model.eval()
     noise = torch.randn((len(prompts), 3, c.image_size, c.image_size), generator=generator).to(device)
     outs, paths = [], []
