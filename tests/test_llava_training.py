@@ -106,6 +106,56 @@ def test_dpo_with_an_sft_term_adds_the_chosen_answers_mean_token_loss(model):
         LT.train_dpo(model, copy.deepcopy(model), images, prompts, chosen, rejected, steps=1, sft_weight=-1)
 
 
+def test_dpo_mixed_with_stage_2_adds_its_loss_on_a_batch_of_instruction_data(model):
+    """mix_weight adds weight × stage 2's loss on a batch of the mixed data: at the first step (policy
+    = reference, so the DPO part is log 2) the loss is log 2 + weight × the model's own loss there."""
+    import copy
+    import math
+
+    images, prompts, chosen, rejected, _ = LT.preference_data(4, seed=7)
+    mix_images, mix_convs, _, _ = LT.instruction_data(6, seed=8)
+    model.eval()
+    history, _ = LT.train_dpo(copy.deepcopy(model), copy.deepcopy(model), images, prompts, chosen, rejected,
+                              steps=1, batch_size=4, lr=1e-9, seed=0, mix_data=(mix_images, mix_convs),
+                              mix_weight=0.5)
+    g = torch.Generator().manual_seed(0)
+    torch.randint(4, (4,), generator=g)                          # the preference batch comes first
+    j = torch.randint(6, (4,), generator=g)                      # then the mixed batch
+    rows = apply_template([mix_convs[i] for i in j.tolist()], model.n_patches)
+    with torch.no_grad():
+        nll = model(mix_images[j], rows["input_ids"], rows["attention_mask"], labels=rows["labels"]).loss.item()
+    assert history["mix_loss"][0] == pytest.approx(nll, rel=1e-4)
+    assert history["loss"][0] == pytest.approx(math.log(2) + 0.5 * nll, rel=1e-4)
+    with pytest.raises(ValueError, match="needs mix_data"):
+        LT.train_dpo(model, copy.deepcopy(model), images, prompts, chosen, rejected, steps=1, mix_weight=1.0)
+    with pytest.raises(ValueError, match="mix_weight"):
+        LT.train_dpo(model, copy.deepcopy(model), images, prompts, chosen, rejected, steps=1,
+                     mix_data=(mix_images, mix_convs), mix_weight=float("nan"))
+    with pytest.raises(TypeError, match="pair"):
+        LT.train_dpo(model, copy.deepcopy(model), images, prompts, chosen, rejected, steps=1, mix_data=mix_images)
+    with pytest.raises(ValueError, match="one image per conversation"):
+        LT.train_dpo(model, copy.deepcopy(model), images, prompts, chosen, rejected, steps=1,
+                     mix_data=(mix_images[:2], mix_convs), mix_weight=1.0)
+
+
+def test_the_tools_preference_tuning_scores_dpo_with_and_without_the_mix(model):
+    """tools.train_llava's DPO step: the tuned copy (stage 2's loss mixed in), its scores, and the same
+    DPO without the mix scored beside it; the model it starts from is left as it was."""
+    from tools.train_llava import preference_tuning
+
+    recipe = LT.LlavaRecipe(n_pairs=8, dpo_steps=2, batch_size=4, dpo_mix_weight=1.0)
+    data = {"instructions": LT.instruction_data(8, seed=4)}
+    before = _snapshot(model)
+    dpo, tuned, history = preference_tuning(model, recipe, n_describe=4, n_eval=4, data=data)
+    assert _same(before, model) and tuned is not model
+    assert set(dpo) == {"describe_before", "seconds", "describe_after", "accuracy_after", "without_mix"}
+    assert set(dpo["without_mix"]) == {"seconds", "describe_after", "accuracy_after"}
+    assert len(history["dpo_loss"]) == len(history["dpo_mix_loss"]) == 2
+    plain = LT.LlavaRecipe(n_pairs=8, dpo_steps=2, batch_size=4, dpo_mix_weight=0.0)
+    dpo, _, history = preference_tuning(model, plain, n_describe=4, n_eval=4)
+    assert "without_mix" not in dpo and "dpo_mix_loss" not in history
+
+
 def test_a_saved_model_loads_with_the_same_answers_and_checks_its_checksum(model, tmp_path):
     images, convs, items, _ = LT.instruction_data(8, seed=5)
     LT.train_stage(model, LT.StageRecipe(stage=2, steps=2, batch_size=4), images, convs)

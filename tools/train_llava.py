@@ -10,7 +10,8 @@ its vision tower, frozen) and the shipped text-only language model, with ``Llava
 - **the chapter's model** (``llava-shapes``): stage 1 (projector only, image–caption pairs), then
   stage 2 (projector and LM, one question per image); its plain captions are scored after stage 1;
 - **its preference-tuned copy** (``llava-shapes-dpo``): DPO on faithful / hallucinated descriptions,
-  against the stage-2 model as the frozen reference;
+  against the stage-2 model as the frozen reference, with stage 2's own loss mixed into every step
+  (``LlavaRecipe.dpo_mix_weight``; the same DPO without it is scored too, not kept);
 - **the comparisons**, scored and not kept: the blind LM (stage 2 without images), stage 1 only,
   stage 2 only (no stage 1), and a linear projector (stages 1 and 2).
 
@@ -45,21 +46,37 @@ def check(model) -> dict:
     return {"n": CHECK_N, "accuracy": LT.accuracy_by_type(model, images, items)["all"]}
 
 
-def preference_tuning(model, recipe, n_describe: int, n_eval: int):
+def preference_tuning(model, recipe, n_describe: int, n_eval: int, data: dict | None = None):
     """DPO on a copy of ``model`` (the frozen reference is another copy): ``(scores, tuned, history)``,
-    the scores holding hallucination before and after and the answers' accuracy after."""
+    the scores holding hallucination before and after and the answers' accuracy after. With
+    ``recipe.dpo_mix_weight`` > 0, stage 2's loss on its own data (``data["instructions"]``, made if
+    not given) is mixed into every step, and the same DPO without it is scored too (``without_mix``:
+    what the mixing prevents), its model not kept."""
     before = LT.describe_scores(model, n=n_describe)
-    reference = copy.deepcopy(model).eval()
-    tuned = copy.deepcopy(model)
     images, prompts, chosen, rejected, _ = LT.preference_data(recipe.n_pairs, seed=recipe.seed + 3)
-    history, seconds = LT.train_dpo(tuned, reference, images, prompts, chosen, rejected, steps=recipe.dpo_steps,
-                                    lr=recipe.dpo_lr, beta=recipe.dpo_beta, seed=recipe.seed,
-                                    sft_weight=recipe.dpo_sft_weight)
-    after = LT.describe_scores(tuned, n=n_describe)
-    dpo = {"seconds": seconds, "describe_before": before, "describe_after": after,
-           "accuracy_after": LT.evaluate_llava(tuned, n=n_eval)}
+    mix = None
+    if recipe.dpo_mix_weight:
+        mix = (data or training_data(recipe))["instructions"][:2]
+
+    def tune(mix_data):
+        reference, tuned = copy.deepcopy(model).eval(), copy.deepcopy(model)
+        history, seconds = LT.train_dpo(tuned, reference, images, prompts, chosen, rejected, steps=recipe.dpo_steps,
+                                        lr=recipe.dpo_lr, beta=recipe.dpo_beta, seed=recipe.seed,
+                                        sft_weight=recipe.dpo_sft_weight, mix_data=mix_data,
+                                        mix_weight=recipe.dpo_mix_weight if mix_data else 0.0)
+        scores = {"seconds": seconds, "describe_after": LT.describe_scores(tuned, n=n_describe),
+                  "accuracy_after": LT.evaluate_llava(tuned, n=n_eval)}
+        return scores, tuned, history
+
+    scores, tuned, history = tune(mix)
+    dpo = {"describe_before": before, **scores}
+    if mix is not None:
+        dpo["without_mix"] = tune(None)[0]
     print("DPO", json.dumps(dpo), flush=True)
-    return dpo, tuned, {"dpo_loss": history["loss"], "dpo_margin": history["margin"]}
+    kept = {"dpo_loss": history["loss"], "dpo_margin": history["margin"]}
+    if "mix_loss" in history:
+        kept["dpo_mix_loss"] = history["mix_loss"]
+    return dpo, tuned, kept
 
 
 COMPARISONS = [("blind LM (stage 2, no images)", {"stages": (2,), "blind": True}),
@@ -154,7 +171,7 @@ def main() -> None:
     kept: dict = {}
     model, runs["stages 1 + 2"] = train_run(tower, recipe, (1, 2), data, n_eval, keep=kept, n_captions=n_captions)
     print("stages 1 + 2", json.dumps(runs["stages 1 + 2"]), flush=True)
-    dpo, tuned, dpo_history = preference_tuning(model, recipe, n_describe, n_eval)   # while the workers run
+    dpo, tuned, dpo_history = preference_tuning(model, recipe, n_describe, n_eval, data)   # while the workers run
     for name, kw in comparisons:
         runs[name] = futures[name].result() if pool else compare_run(name, recipe, n_eval, data=data, **kw)
     if pool:

@@ -282,14 +282,21 @@ def preference_data(n: int, split: str = "train", seed: int = 0, world_seed: int
 
 def train_dpo(model: LlavaModel, reference: LlavaModel, images: torch.Tensor, prompts: Sequence[str],
               chosen: Sequence[str], rejected: Sequence[str], steps: int = 200, batch_size: int = 16,
-              lr: float = 1e-4, beta: float = 0.1, seed: int = 0, desc: str = "DPO", sft_weight: float = 0.0):
+              lr: float = 1e-4, beta: float = 0.1, seed: int = 0, desc: str = "DPO", sft_weight: float = 0.0,
+              mix_data: tuple | None = None, mix_weight: float = 0.0):
     """Tune ``model`` with DPO against the frozen ``reference`` (a copy of the model before tuning);
     the projector and the LM train, as in stage 2. Returns ``(history, seconds)``; the history holds
     the loss and the reward margin β·[(log π/π_ref)(chosen) − (log π/π_ref)(rejected)].
 
     ``sft_weight`` > 0 adds that much of the ordinary next-token loss on the chosen answers (mean
     over their tokens): DPO alone only asks that the chosen answer gain on the rejected one, which it
-    can also do by lowering both; the added term keeps the faithful answers likely."""
+    can also do by lowering both; the added term keeps the faithful answers likely.
+
+    ``mix_data`` = ``(images, conversations)`` (stage 2's instruction data, :func:`instruction_data`)
+    and ``mix_weight`` > 0 add that much of stage 2's own loss on a batch of it to every step, as
+    InstructGPT's PPO-ptx mixed pretraining gradients into RLHF (Ouyang et al., 2022): the
+    preference step moves the description, and the mixed loss holds the answers to every other
+    question where stage 2 left them."""
     from .llava import dpo_loss, sequence_logps
     from .training import train
 
@@ -302,6 +309,15 @@ def train_dpo(model: LlavaModel, reference: LlavaModel, images: torch.Tensor, pr
         raise ValueError("images, prompts, chosen and rejected must have one entry per pair")
     beta = checks.number(beta, "beta", low=0.0, low_open=True)
     sft_weight = checks.number(sft_weight, "sft_weight", low=0.0)
+    mix_weight = checks.number(mix_weight, "mix_weight", low=0.0)
+    if mix_weight and mix_data is None:
+        raise ValueError("mix_weight > 0 needs mix_data=(images, conversations), e.g. instruction_data(...)[:2]")
+    if mix_data is not None:
+        if not isinstance(mix_data, (tuple, list)) or len(mix_data) != 2:
+            raise TypeError("mix_data must be a pair (images, conversations)")
+        mix_images, mix_convs = mix_data
+        if not isinstance(mix_images, torch.Tensor) or mix_images.ndim != 4 or len(mix_images) != len(mix_convs):
+            raise ValueError("mix_data's images must be a tensor (N, 3, H, W) with one image per conversation")
     freeze_for_stage(model, 2)
     reference.eval().requires_grad_(False)
     device = next(model.projector.parameters()).device
@@ -316,6 +332,10 @@ def train_dpo(model: LlavaModel, reference: LlavaModel, images: torch.Tensor, pr
             rows = torch.cat([torch.arange(i, min(i + 64, n)), torch.arange(n + i, n + min(i + 64, n))]).to(device)
             out = reference(torch.cat([images[i:i + 64]] * 2), ids[rows], mask[rows]).logits
             ref[:, i:i + 64] = sequence_logps(out, labels[rows]).view(2, -1)      # chosen, rejected
+    if mix_weight:
+        mixed = apply_template(mix_convs, model.n_patches)
+        m_ids, m_mask, m_labels = (mixed[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+        mix_images = mix_images.to(device)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
 
@@ -330,7 +350,14 @@ def train_dpo(model: LlavaModel, reference: LlavaModel, images: torch.Tensor, pr
         if sft_weight:
             chosen_tokens = (labels[idx, 1:width] != IGNORE_INDEX).sum()
             loss = loss - sft_weight * pol[0].sum() / chosen_tokens.clamp(min=1)
-        return loss, {"margin": margin.item()}
+        extra = {"margin": margin.item()}
+        if mix_weight:
+            j = torch.randint(len(m_ids), (batch_size,), generator=g).to(device)
+            w = int(m_mask[j].sum(1).max())
+            mix_loss = model(mix_images[j], m_ids[j, :w], m_mask[j, :w], labels=m_labels[j, :w]).loss
+            loss = loss + mix_weight * mix_loss
+            extra["mix_loss"] = mix_loss.item()
+        return loss, extra
 
     params = [p for p in model.parameters() if p.requires_grad]
     history = train(model, loss_fn, checks.integer(steps, "steps", minimum=1), lr=lr, weight_decay=0.0,
@@ -357,6 +384,7 @@ class LlavaRecipe:
     dpo_lr: float = 1e-4
     dpo_beta: float = 0.1
     dpo_sft_weight: float = 0.0          # the chosen answers' next-token loss added to DPO's (train_dpo)
+    dpo_mix_weight: float = 1.0          # stage 2's own loss mixed into every DPO step (train_dpo's mix)
     seed: int = 0
 
     def __post_init__(self):
@@ -370,6 +398,7 @@ class LlavaRecipe:
         for name in ("stage1_lr", "stage2_lr", "dpo_lr", "dpo_beta"):
             setattr(self, name, checks.number(getattr(self, name), f"LlavaRecipe.{name}", low=0.0, low_open=True))
         self.dpo_sft_weight = checks.number(self.dpo_sft_weight, "LlavaRecipe.dpo_sft_weight", low=0.0)
+        self.dpo_mix_weight = checks.number(self.dpo_mix_weight, "LlavaRecipe.dpo_mix_weight", low=0.0)
 
     def stage(self, stage: int) -> StageRecipe:
         """The :class:`StageRecipe` of stage 1 or 2."""
