@@ -107,6 +107,10 @@ def test_table_renders_rows_formats_and_escapes():
         vlmlib.table({})
     with pytest.raises(ValueError, match="formats"):
         vlmlib.table({"a": {"x": 1}}, formats={"y": "{}"})
+    one = vlmlib.table({"a": {"x": 0.5, "y": 0.25, "note": "n"}}, formats="{:.0%}").data
+    assert ">50%<" in one and ">25%<" in one and ">n<" in one        # one format for every column
+    with pytest.raises(TypeError, match="formats must be a dict"):
+        vlmlib.table({"a": {"x": 1}}, formats=["{:.1%}"])
 
 
 def test_animation_html_plays_offline():

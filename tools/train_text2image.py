@@ -5,6 +5,7 @@
     python -m tools.train_text2image --encoder lm --small   # writes vlmlib/weights/t2i-lm-small/
     python -m tools.train_text2image --encoder clip --rescore   # re-measure a stored model's scores
     python -m tools.train_text2image --encoder clip --no-pooled --out <folder>   # cross-attention only
+    python -m tools.train_text2image --encoder clip --layout-only   # add the layout-first two-shape scores
 
 Each is a ``UNet2DConditionModel`` (``vlmlib.text2image.T2IConfig``) trained with
 ``T2IRecipe()`` on one- and two-shape scenes, conditioned on a frozen text encoder: chapter 2's CLIP
@@ -43,11 +44,20 @@ def main() -> None:
     parser.add_argument("--two-shape-fraction", type=float, default=None,
                         help="override the recipe's share of two-shape scenes")
     parser.add_argument("--seed", type=int, default=None, help="override the recipe's seed (data and batches)")
+    parser.add_argument("--layout-only", action="store_true",
+                        help="score the stored model's two-shape prompts drawn layout first, and store that alone")
     parser.add_argument("--no-pooled", action="store_true",
                         help="condition by cross-attention only (no pooled vector added to the timestep embedding)")
     args = parser.parse_args()
     torch.set_num_threads(1)                 # the same arithmetic on every machine, and a shared CPU stays usable
     folder = args.out or T.shipped_folder(f"t2i-{args.encoder}" + ("-small" if args.small else ""))
+    if args.layout_only:
+        pipe = T.TextToImagePipeline.from_pretrained(folder)
+        metrics = dict(pipe.record["metrics"])
+        metrics["layout"] = T.layout_scores(pipe, metrics["best_guidance"])
+        pipe.save_pretrained(folder, metrics=metrics)
+        print(json.dumps(metrics["layout"], indent=1))
+        return
     if not args.rescore:
         given = (("steps", args.steps), ("lr", args.lr), ("seed", args.seed),
                  ("two_shape_fraction", args.two_shape_fraction))

@@ -316,8 +316,9 @@ def table(rows: Mapping[str, Mapping[str, object]], formats: Mapping[str, str] |
           first_column: str = ""):
     """Show ``{row name: {column: value}}`` as an HTML table (it renders in Jupyter, Colab and the book).
 
-    ``formats`` maps a column to a format string such as ``"{:.1%}"``; numbers are right-aligned and
-    ``None`` is shown as a dash. Returns an ``IPython.display.HTML`` object (display it or end a cell with it).
+    ``formats`` maps a column to a format string such as ``"{:.1%}"``, or is one format string for
+    every column; numbers are right-aligned and ``None`` is shown as a dash. Returns an
+    ``IPython.display.HTML`` object (display it or end a cell with it).
     """
     from html import escape
 
@@ -325,8 +326,13 @@ def table(rows: Mapping[str, Mapping[str, object]], formats: Mapping[str, str] |
 
     if not isinstance(rows, Mapping) or not rows or not all(isinstance(r, Mapping) for r in rows.values()):
         raise TypeError("rows must be a non-empty dict of {row name: {column: value}}")
-    formats = dict(formats or {})
     columns = list(dict.fromkeys(c for r in rows.values() for c in r))
+    if isinstance(formats, str):                 # one format for every column
+        formats = dict.fromkeys(columns, formats)
+    elif formats is not None and not isinstance(formats, Mapping):
+        raise TypeError(f"formats must be a dict {{column: format string}} or one format string, "
+                        f"got {type(formats).__name__}")
+    formats = dict(formats or {})
     unknown = set(formats) - set(columns)
     if unknown:
         raise ValueError(f"formats name columns that no row has: {sorted(unknown)}; columns are {columns}")
