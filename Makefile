@@ -48,8 +48,10 @@ book: venv audio
 	$(JB_BUILD)
 	@echo "The book is built: open $(CURDIR)/_build/html/index.html"
 
+# Two workers (pytest-xdist), one torch thread each: on two cores that beats one worker with two
+# threads, since most tests are small and single-threaded.
 test-unit: venv audio
-	$(PYTEST) --timings unit -q tests --ignore=tests/browser --ignore=tests/slow
+	OMP_NUM_THREADS=1 $(PYTEST) --timings unit -q -n 2 tests --ignore=tests/browser --ignore=tests/slow
 
 # nbval executes every notebook in a fresh kernel; tools/keep_executed.py keeps each notebook whose
 # cells all passed, with its outputs, in _build/executed/ for test-book.
@@ -65,8 +67,9 @@ test-book: venv
 test-browser: venv browser
 	$(PYTEST) --timings browser -q tests/browser
 
+# Two at a time (pytest-xdist): the student copies run with a warm cache, so they only read it.
 test-colab: venv
-	$(PYTEST) --timings colab -q tests/slow
+	$(PYTEST) --timings colab -q -n 2 tests/slow
 
 # Every stage, timed; the tables of where the time went (per stage, per notebook) and the projection
 # to twelve chapters are printed at the end (and after a failed stage).

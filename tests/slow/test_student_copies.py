@@ -10,6 +10,7 @@ notebook did not, so it costs about what the notebook costs with a warm cache.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -21,6 +22,10 @@ from tools import course
 from vlmlib.cache import cache_dir
 
 pytestmark = pytest.mark.slow
+# `make test-colab` runs two copies at a time (pytest-xdist, one per core): each kernel then gets one
+# thread, since two kernels with two threads each on two cores run several times slower than one.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 EXERCISE_TEXT = re.compile(r"Exercise \d+\.\d+|NotImplementedError|Traceback")
 
 
