@@ -255,6 +255,22 @@ def test_the_timing_report_adds_up_per_notebook_and_projects_twelve_chapters(tmp
     assert re.search(r"total +600 s", text)
 
 
+def test_the_timing_report_gives_parallel_student_copies_their_share_of_the_wall_time(tmp_path, monkeypatch):
+    from tools import ci_report
+
+    monkeypatch.setattr(ci_report, "TIMINGS", tmp_path)
+    first, second = NOTEBOOKS[0].name, NOTEBOOKS[1].name
+    (tmp_path / "stages.tsv").write_text("environment\t100.0\t0\nunit\t20.0\t0\nnotebooks\t300.0\t0\n"
+                                         "book\t50.0\t0\nbrowser\t10.0\t0\ncolab\t60.0\t0\n")
+    (tmp_path / "colab.json").write_text(json.dumps({"items": {     # two workers: 120 s of tests in 60 s
+        f"tests/slow/test_student_copies.py::test_student_copy[{first}]": 80.0,
+        f"tests/slow/test_student_copies.py::test_student_copy[{second}]": 40.0}}))
+    text = ci_report.report()
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip().startswith(("00_", "01_"))}
+    assert rows[first][-2:] == ["40", "40"] and rows[second][-2:] == ["20", "20"]
+    assert re.search(r"total +540 s", text)
+
+
 def test_the_book_renders_an_executed_copy_only_if_it_is_the_notebook(tmp_path, monkeypatch):
     import importlib.util
     import types
