@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 
 import torch
 
@@ -85,10 +86,12 @@ def load_text2image_pipeline(name_or_path: str | os.PathLike = TEXT2IMAGE_MODEL,
     cuda = torch.cuda.is_available()
     if "dtype" not in kwargs and "torch_dtype" not in kwargs:     # diffusers ≥ 0.42 calls it dtype
         kwargs["dtype"] = torch.float16 if cuda else torch.float32
-    try:
-        pipe = AutoPipelineForText2Image.from_pretrained(name_or_path, **kwargs)
-    except ValueError:                 # a pipeline class AutoPipeline does not map (e.g. a custom one)
-        pipe = DiffusionPipeline.from_pretrained(name_or_path, **kwargs)
+    with warnings.catch_warnings():    # diffusers passes huggingface_hub an argument it has deprecated
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
+        try:
+            pipe = AutoPipelineForText2Image.from_pretrained(name_or_path, **kwargs)
+        except ValueError:             # a pipeline class AutoPipeline does not map (e.g. a custom one)
+            pipe = DiffusionPipeline.from_pretrained(name_or_path, **kwargs)
     pipe = pipe.to("cuda" if cuda else "cpu")
     pipe.set_progress_bar_config(disable=True)
     return pipe
