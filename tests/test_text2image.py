@@ -171,6 +171,8 @@ def test_plan_layout_places_the_shapes_where_the_relation_holds():
         T.plan_layout("a red circle above a blue square", 0)
     with pytest.raises(ValueError, match="Region.cell"):
         T.Region("a red circle", "upstairs")
+    with pytest.raises(TypeError, match="TextToImagePipeline"):
+        T.layout_scores(None, 2.0)
 
 
 def test_region_weights_give_each_cell_to_its_region_and_share_the_rest():

@@ -691,6 +691,11 @@ def layout_scores(pipe: "TextToImagePipeline", guidance: float, n: int = 200, st
                   show_progress: bool = False) -> dict:
     """The two-shape prompt sets of the bars (:func:`prompt_sets`, ``n`` each) drawn layout first
     (:func:`plan_layouts`, :func:`generate_in_regions`) and scored by the scene judge."""
+    if not isinstance(pipe, TextToImagePipeline):
+        raise TypeError(f"pipe must be a TextToImagePipeline, got {type(pipe).__name__}")
+    guidance = checks.number(guidance, "guidance", low=0.0)
+    n, steps, seed = (checks.integer(v, name, minimum=m) for v, name, m in ((n, "n", 1), (steps, "steps", 1),
+                                                                           (seed, "seed", 0)))
     out = {"n": n, "guidance": float(guidance), "steps": steps, "seed": seed}
     for name in ("two_seen", "two_heldout_pairing"):
         prompts, specs = prompt_sets(n)[name]
