@@ -212,6 +212,30 @@ def test_the_recipe_runs_its_stages_and_is_checked():
         LT.train_llava(model, recipe, stages=1)
 
 
+def test_evaluate_by_type_asks_the_same_number_of_each_type(model, monkeypatch):
+    asked = []
+    real = LT.accuracy_by_type
+
+    def spy(m, images, items, *args):
+        asked.append((len(images), [i.type for i in items]))
+        return real(m, images, items, *args)
+
+    monkeypatch.setattr(LT, "accuracy_by_type", spy)
+    scores = LT.evaluate_by_type(model, per_type=5, types=("colour", "relation"))
+    assert set(scores) == {"test", "holdout"} and set(scores["test"]) == {"colour", "relation"}
+    assert [n for n, _ in asked] == [5] * 4 and all(set(t) == {t[0]} for _, t in asked)
+    assert [t[0] for _, t in asked] == ["colour", "relation"] * 2
+    assert all(0 <= v <= 1 for split in scores.values() for v in split.values())
+    with pytest.raises(ValueError, match="types"):
+        LT.evaluate_by_type(model, types=("colour", "smell"))
+    with pytest.raises(TypeError, match="types must be a non-empty list"):
+        LT.evaluate_by_type(model, types="colour")
+    with pytest.raises(ValueError, match="per_type"):
+        LT.evaluate_by_type(model, per_type=0)
+    with pytest.raises(ValueError, match="splits"):
+        LT.evaluate_by_type(model, per_type=2, splits=("validation",))
+
+
 def test_dialogues_ask_several_questions_and_learn_every_answer(model):
     images, convs, items, shapes = LT.dialogue_data(6, turns=3, seed=4)
     assert len(images) == len(convs) == len(items) == 6
