@@ -216,6 +216,14 @@ def test_generate_in_regions_fuses_each_regions_prediction_inside_its_cell(tiny,
     shared = (0.5 * (-1.2) + 0.5 * 1.6 + 1) / 2                                 # the other cells: the mean
     assert torch.allclose(image[:, 5:11, :], torch.tensor(shared), atol=1e-3)
     assert torch.allclose(image[:, :5, 11:], torch.tensor(shared), atol=1e-3)
+    monkeypatch.undo()
+    step = T.region_predictions(model, clip_encoder, layout, torch.randn(3, 16, 16), t=25, guidance=2.0)
+    assert step["regions"].shape == (2, 3, 16, 16) and step["weights"].shape == (2, 16, 16)
+    assert torch.allclose(step["fused"], (step["weights"][:, None] * step["regions"]).sum(0), atol=1e-5)
+    with pytest.raises(ValueError, match="one noisy image"):
+        T.region_predictions(model, clip_encoder, layout, torch.randn(1, 3, 16, 16), t=25)
+    with pytest.raises(ValueError, match="t must be at most"):
+        T.region_predictions(model, clip_encoder, layout, torch.randn(3, 16, 16), t=50)
     with pytest.raises(ValueError, match="same number of regions"):
         T.generate_in_regions(model, clip_encoder, [layout, layout[:1]], **kw)
     with pytest.raises(ValueError, match="non-empty list of layouts"):

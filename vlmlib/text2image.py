@@ -670,14 +670,56 @@ def generate_in_regions(model: TextToImage, encoder: FrozenTextEncoder, layouts:
     noise = torch.randn((n, 3, c.image_size, c.image_size), generator=generator).to(device)
 
     def predict(x, tt):
-        xs, ts = x.repeat_interleave(k, 0), tt.repeat_interleave(k, 0)
-        out_u, out_c = model(torch.cat([xs, xs]), torch.cat([ts, ts]), both).chunk(2)
-        guided = D.guide(out_u, out_c, guidance).view(n, k, *x.shape[1:])
-        return (guided * weights[:, :, None]).sum(1)
+        return _fused(model, both, weights, x, tt, guidance)[1]
 
     return D.denoise_loop(predict, noise, model.schedule, c.prediction_type, steps, "ddim", generator=generator,
                           out_size=out_size, desc=f"sampling {n} images, {k} regions each, w = {guidance:g}",
                           show_progress=show_progress)
+
+
+def _fused(model: TextToImage, both: TextCondition, weights: torch.Tensor, x: torch.Tensor, tt: torch.Tensor,
+           guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each region's guided output (N, K, 3, S, S) and their fusion (N, 3, S, S) by ``weights`` (N, K, S, S);
+    ``both`` holds N·K empty-prompt rows, then N·K region rows (image-major)."""
+    n, k = weights.shape[:2]
+    xs, ts = x.repeat_interleave(k, 0), tt.repeat_interleave(k, 0)
+    out_u, out_c = model(torch.cat([xs, xs]), torch.cat([ts, ts]), both).chunk(2)
+    guided = D.guide(out_u, out_c, guidance).view(n, k, *x.shape[1:])
+    return guided, (guided * weights[:, :, None]).sum(1)
+
+
+@torch.no_grad()
+def region_predictions(model: TextToImage, encoder: FrozenTextEncoder, layout: Sequence[Region], x_t: torch.Tensor,
+                       t: int, guidance: float = 3.0) -> dict[str, torch.Tensor]:
+    """What one step of :func:`generate_in_regions` sees, for one noisy image ``x_t`` (3, S, S) at
+    timestep ``t``: ``"regions"`` (K, 3, S, S), each region's guided x̂₀ for the whole image;
+    ``"weights"`` (K, S, S), :func:`region_weights`; ``"fused"`` (3, S, S), the x̂₀ the step uses.
+    All in the model's space ([−1, 1])."""
+    layout = _check_layout(layout, "layout")
+    _check_sampling(model, encoder, [r.prompt for r in layout])
+    guidance = checks.number(guidance, "guidance", low=0.0)
+    c = model.config
+    if not isinstance(x_t, torch.Tensor) or tuple(x_t.shape) != (3, c.image_size, c.image_size):
+        raise ValueError(f"x_t must be one noisy image (3, {c.image_size}, {c.image_size}), got "
+                         f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
+    t = checks.integer(t, "t", minimum=0, maximum=c.T - 1)
+    device = next(model.parameters()).device
+    k = len(layout)
+    null = encoder.encode([""]).to(device)
+    both = TextCondition.cat([TextCondition(null.states.expand(k, -1, -1), null.mask.expand(k, -1),
+                                            null.pooled.expand(k, -1)),
+                              encoder.encode([r.prompt for r in layout]).to(device)])
+    weights = region_weights(layout, c.image_size).to(device)[None]
+    x = x_t[None].to(device)
+    tt = torch.full((1,), t, dtype=torch.long, device=device)
+    model.eval()
+    guided, fused = _fused(model, both, weights, x, tt, guidance)
+
+    def to_x0(out):
+        return D.to_x0_eps(out, tt.expand(len(out)), x.expand(len(out), -1, -1, -1), model.schedule,
+                           c.prediction_type)[0]
+
+    return {"regions": to_x0(guided[0]).cpu(), "weights": weights[0].cpu(), "fused": to_x0(fused)[0].cpu()}
 
 
 def plan_layouts(prompts: Sequence[str], seed: int = 0) -> list[list[Region]]:
