@@ -599,8 +599,12 @@ def plan_layout(prompt: str, rng: np.random.Generator) -> list[Region]:
         raise ValueError(f"plan_layout reads prompts like 'a red circle to the left of a blue square' "
                          f"(a colour, a kind, one of {list(RELATIONS)}, a colour, a kind), got {prompt!r}")
     ca, ka, rel, cb, kb = m.groups()
+
+    def placed(colour, kind, cell):                    # relations() reads only the grid cells
+        return Shape(colour, kind, "small", cell, 0.0, 0.0, 1.0)
+
     cells = [(a, b) for a in POSITIONS for b in POSITIONS
-             if a != b and rel in relations(Shape(ca, ka, "small", a, 0.0, 0.0, 1.0), Shape(cb, kb, "small", b, 0.0, 0.0, 1.0))]
+             if a != b and rel in relations(placed(ca, ka, a), placed(cb, kb, b))]
     a, b = cells[int(rng.integers(len(cells)))]
     return [Region(f"a {ca} {ka} {POSITION_PHRASES[a]}", a), Region(f"a {cb} {kb} {POSITION_PHRASES[b]}", b)]
 
@@ -661,7 +665,7 @@ def generate_in_regions(model: TextToImage, encoder: FrozenTextEncoder, layouts:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     device = next(model.parameters()).device
     c, n = model.config, len(layouts)
-    cond = encoder.encode([r.prompt for lay in layouts for r in lay]).to(device)       # (N·K) rows, region-major
+    cond = encoder.encode([r.prompt for lay in layouts for r in lay]).to(device)       # N·K rows, image by image
     null = encoder.encode([""]).to(device)
     nulls = TextCondition(null.states.expand(n * k, -1, -1), null.mask.expand(n * k, -1), null.pooled.expand(n * k, -1))
     both = TextCondition.cat([nulls, cond])
@@ -739,8 +743,9 @@ def layout_scores(pipe: "TextToImagePipeline", guidance: float, n: int = 200, st
     n, steps, seed = (checks.integer(v, name, minimum=m) for v, name, m in ((n, "n", 1), (steps, "steps", 1),
                                                                            (seed, "seed", 0)))
     out = {"n": n, "guidance": float(guidance), "steps": steps, "seed": seed}
+    sets = prompt_sets(n)
     for name in ("two_seen", "two_heldout_pairing"):
-        prompts, specs = prompt_sets(n)[name]
+        prompts, specs = sets[name]
         images = generate_in_regions(pipe.unet, pipe.text_encoder, plan_layouts(prompts, seed), guidance, steps,
                                      generator=torch.Generator().manual_seed(seed), show_progress=show_progress)
         out[name] = score_images(images, prompts, specs)
