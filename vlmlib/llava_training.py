@@ -478,6 +478,7 @@ def evaluate_by_type(model: LlavaModel, per_type: int = 150, types: Sequence[str
     types = [checks.choice(t, "types", QUESTION_TYPES) for t in types]
     if isinstance(splits, str) or not isinstance(splits, (list, tuple)) or not splits:
         raise TypeError(f"splits must be a non-empty list of ShapesWorld splits, got {splits!r}")
+    device = next(model.parameters()).device
     out = {}
     for split in splits:
         checks.choice(split, "splits", ("train", "test", "holdout", "all"))
@@ -488,8 +489,10 @@ def evaluate_by_type(model: LlavaModel, per_type: int = 150, types: Sequence[str
                 images, _, items, _ = instruction_data(n, split=split, seed=seed + k, types=(t,))
                 if len(items) >= per_type:
                     break
+                if n >= 64 * per_type:
+                    raise ValueError(f"only {len(items)} of {n} {split} scenes can answer a {t!r} question; "
+                                     f"ask for fewer than {per_type}")
                 n *= 2
-            device = next(model.parameters()).device
             out[split][t] = accuracy_by_type(model, images[:per_type].to(device), items[:per_type])[t]
     return out
 
