@@ -226,6 +226,10 @@ def test_evaluate_by_type_asks_the_same_number_of_each_type(model, monkeypatch):
     assert [n for n, _ in asked] == [5] * 4 and all(set(t) == {t[0]} for _, t in asked)
     assert [t[0] for _, t in asked] == ["colour", "relation"] * 2
     assert all(0 <= v <= 1 for split in scores.values() for v in split.values())
+    asked.clear()                           # one or two scenes often hold no two shapes to relate: drawn again
+    for per_type in (1, 2):
+        LT.evaluate_by_type(model, per_type=per_type, types=("relation",), splits=("test",))
+    assert [n for n, _ in asked] == [1, 2]
     with pytest.raises(ValueError, match="types"):
         LT.evaluate_by_type(model, types=("colour", "smell"))
     with pytest.raises(TypeError, match="types must be a non-empty list"):
@@ -285,6 +289,23 @@ def test_the_shipped_record_holds_every_comparison_and_the_blind_lm_is_far_below
     dpo = record["dpo"]
     assert {"describe_before", "describe_after", "accuracy_after"} <= set(dpo)
     assert LT.load_llava(_shipped("llava-shapes-dpo"))[1]["dpo"] == dpo
+
+
+def test_the_shipped_record_holds_the_ceiling_and_a_curve_that_ends_at_the_shipped_model():
+    """Chapter 8's ceiling (nothing held out) and the curves along stage 2; the chapter's curve ends
+    where the shipped model is: its last point is re-measured here."""
+    torch.set_num_threads(1)
+    model, record = LT.load_llava(_shipped("llava-shapes"))
+    ceiling, curve, steps = record["ceiling"], record["curve"], record["recipe"]["stage2_steps"]
+    assert ceiling["split"] == "all" and set(ceiling["by_type"]) == {"test", "holdout"}
+    for rows in (ceiling["curve"], curve["rows"]):
+        assert [r["step"] for r in rows] == list(range(curve["every"], steps + 1, curve["every"]))
+        assert all(set(r[split]) == set(LT.BAR_TYPES) for r in rows for split in ("test", "holdout"))
+    assert curve["same_weights"] is True
+    now = LT.evaluate_by_type(model, per_type=curve["per_type"])
+    for split in ("test", "holdout"):
+        for t, value in now[split].items():
+            assert abs(value - curve["rows"][-1][split][t]) <= 2 / curve["per_type"], (split, t, value)
 
 
 def test_the_shipped_fewshot_model_repeats_its_check_and_starts_from_the_chapters_model():
@@ -356,3 +377,64 @@ def test_answer_probabilities_multiply_the_next_token_probabilities_one_step_at_
         LT.answer_probabilities(model, images[:2], questions, answers)
     with pytest.raises(TypeError, match="model"):
         LT.answer_probabilities("model", images, questions, answers)
+
+
+def test_the_ceilings_data_holds_held_out_pairs_and_the_chapters_data_none():
+    from tools.train_llava import training_data
+    from vlmlib.shapesworld import HELD_OUT
+
+    recipe = LT.LlavaRecipe(n_captions=60, n_instructions=60)
+    for split, expected in (("train", False), ("all", True)):
+        data = training_data(recipe, split=split)
+        for shapes in (data["captions"][2], data["instructions"][3]):
+            assert any((s.colour, s.kind) in HELD_OUT for scene in shapes for s in scene) is expected, split
+
+
+def test_the_ceiling_run_trains_on_every_pair_and_asks_each_bar_type(monkeypatch):
+    """tools.train_llava's ceiling: the recipe trained on the ``all`` split, scored per bar type on
+    test and held-out-pair images (tiny parts stand in for the shipped tower and LM)."""
+    import tools.train_llava as TL
+    from vlmlib.shapesworld import HELD_OUT
+
+    monkeypatch.setattr(TL, "parts", lambda: (_tiny_clip(), None))
+    monkeypatch.setattr(TL.lm, "load_lm", lambda: (_tiny_lm(), None))
+    seen = {}
+    train = LT.train_llava
+
+    def spy(model, recipe, stages, data=None, **kw):
+        seen["stages"], seen["data"] = stages, data
+        return train(model, recipe, stages, data=data, **kw)
+
+    monkeypatch.setattr(TL.LT, "train_llava", spy)
+    recipe = LT.LlavaRecipe(projector="linear", n_captions=24, n_instructions=24, stage1_steps=1, stage2_steps=1,
+                            batch_size=4)
+    scores = TL.ceiling_run(recipe, per_type=2)
+    assert seen["stages"] == (1, 2)
+    assert any((s.colour, s.kind) in HELD_OUT for scene in seen["data"]["instructions"][3] for s in scene)
+    assert scores["split"] == "all" and scores["per_type"] == 2 and scores["seconds"] > 0
+    assert set(scores["by_type"]) == {"test", "holdout"}
+    assert all(set(v) == set(LT.BAR_TYPES) and all(0 <= a <= 1 for a in v.values())
+               for v in scores["by_type"].values())
+
+
+def test_measuring_along_training_leaves_the_training_unchanged(monkeypatch):
+    """tools.train_llava's curve: the hook measures every few steps of stage 2 only, and a model
+    trained with it ends bit for bit equal to one trained without it."""
+    import tools.train_llava as TL
+
+    recipe = LT.LlavaRecipe(projector="linear", n_captions=16, n_instructions=16, stage1_steps=2, stage2_steps=4,
+                            batch_size=4)
+    data = {"captions": LT.caption_data(16, seed=1), "instructions": LT.instruction_data(16, seed=2)}
+    trained = []
+    for measure in (False, True):
+        torch.manual_seed(1)
+        model = LlavaModel(_tiny_clip(), _tiny_lm(), IMAGE_ID, projector="linear")
+        hook, rows = TL.curve_hook(model, every=2, per_type=1) if measure else (None, [])
+        LT.train_llava(model, recipe, (1, 2), data=data, after_step=hook)
+        trained.append(model.state_dict())
+    assert [r["step"] for r in rows] == [2, 4] and set(rows[0]) == {"step", "test", "holdout"}
+    assert all(torch.equal(v, trained[1][k]) for k, v in trained[0].items())
+    with pytest.raises(TypeError, match="after_step"):
+        LT.train_llava(model, recipe, (2,), data=data, after_step="every 2")
+    with pytest.raises(TypeError, match="after_step"):
+        LT.train_stage(model, recipe.stage(2), *data["instructions"][:2], after_step=250)

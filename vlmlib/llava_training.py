@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ class StageRecipe:
 def _scenes(n: int, split: str, seed: int, world_seed: int, max_shapes: int):
     n = checks.integer(n, "n", minimum=1)
     world = ShapesWorld(max_shapes=checks.integer(max_shapes, "max_shapes", minimum=1), seed=world_seed)
-    data = world.sample(n, split=checks.choice(split, "split", ("train", "test", "holdout")), seed=seed,
+    data = world.sample(n, split=checks.choice(split, "split", ("train", "test", "holdout", "all")), seed=seed,
                         captions=None)
     return data.tensor(), data.shapes
 
@@ -120,9 +120,10 @@ def _blind(conversations):
 
 
 def train_stage(model: LlavaModel, recipe: StageRecipe, images: torch.Tensor, conversations: list,
-                blind: bool = False, desc: str | None = None):
+                blind: bool = False, desc: str | None = None, after_step: Callable[[int], None] | None = None):
     """Train one stage; return ``(history, seconds)``. Stage 1 uses the plain format, stage 2 the chat
-    template. ``blind=True`` trains on the conversations without their images."""
+    template. ``blind=True`` trains on the conversations without their images. ``after_step(step)``
+    runs after each optimiser step (to measure the model along the way)."""
     if not isinstance(model, LlavaModel):
         raise TypeError(f"model must be a LlavaModel, got {type(model).__name__}")
     if not isinstance(recipe, StageRecipe):
@@ -131,6 +132,8 @@ def train_stage(model: LlavaModel, recipe: StageRecipe, images: torch.Tensor, co
         raise ValueError(f"images must be a tensor (N, 3, H, W) with one image per conversation "
                          f"({len(conversations)}), got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    if after_step is not None and not callable(after_step):
+        raise TypeError(f"after_step must be a function of the step, got {type(after_step).__name__}")
     from .training import train
 
     freeze_for_stage(model, recipe.stage)
@@ -151,7 +154,7 @@ def train_stage(model: LlavaModel, recipe: StageRecipe, images: torch.Tensor, co
 
     params = [p for p in model.parameters() if p.requires_grad]
     history = train(model, loss_fn, recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                    warmup=recipe.warmup, params=params,
+                    warmup=recipe.warmup, params=params, after_step=after_step,
                     desc=desc or f"stage {recipe.stage}" + (" (blind)" if blind else ""))
     return history, time.perf_counter() - start
 
@@ -419,10 +422,14 @@ def build_llava(clip_model, lm_model, projector: str = "mlp", seed: int = 0) -> 
 
 
 def train_llava(model: LlavaModel, recipe: LlavaRecipe, stages: Sequence[int] = (1, 2), blind: bool = False,
-                data: dict | None = None) -> tuple[dict, float]:
+                data: dict | None = None, after_step: Callable[[int, int], None] | None = None
+                ) -> tuple[dict, float]:
     """Run ``stages`` of ``recipe`` on ``model`` (a stage with 0 steps is skipped); return the loss
     histories per stage and the seconds. ``data`` may hold ``"captions"`` (:func:`caption_data`) and
-    ``"instructions"`` (:func:`instruction_data`) to reuse; ``blind=True`` trains without images."""
+    ``"instructions"`` (:func:`instruction_data`) to reuse; ``blind=True`` trains without images;
+    ``after_step(stage, step)`` runs after each optimiser step."""
+    if after_step is not None and not callable(after_step):
+        raise TypeError(f"after_step must be a function of (stage, step), got {type(after_step).__name__}")
     if not isinstance(recipe, LlavaRecipe):
         raise TypeError(f"recipe must be a LlavaRecipe, got {type(recipe).__name__}")
     if data is not None and not isinstance(data, dict):
@@ -444,7 +451,8 @@ def train_llava(model: LlavaModel, recipe: LlavaRecipe, stages: Sequence[int] = 
                                         if recipe.turns == 1 else
                                         dialogue_data(recipe.n_instructions, recipe.turns, seed=recipe.seed + 1))
             images, convs = data["instructions"][:2]
-        history, s = train_stage(model, recipe.stage(stage), images, convs, blind=blind)
+        hook = None if after_step is None else (lambda step, stage=stage: after_step(stage, step))
+        history, s = train_stage(model, recipe.stage(stage), images, convs, blind=blind, after_step=hook)
         histories[f"stage{stage}"], seconds = history["loss"], seconds + s
     return histories, seconds
 
@@ -486,7 +494,12 @@ def evaluate_by_type(model: LlavaModel, per_type: int = 150, types: Sequence[str
         for k, t in enumerate(types):
             n = per_type
             while True:                      # not every scene can answer every type: draw more scenes
-                images, _, items, _ = instruction_data(n, split=split, seed=seed + k, types=(t,))
+                try:
+                    images, _, items, _ = instruction_data(n, split=split, seed=seed + k, types=(t,))
+                except ValueError as err:        # none of n scenes could answer a question of this type
+                    if not str(err).startswith("no scene could answer"):
+                        raise
+                    items = []
                 if len(items) >= per_type:
                     break
                 if n >= 64 * per_type:
